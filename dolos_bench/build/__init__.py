@@ -1,0 +1,1 @@
+"""Dataset building: maskers, generators, perturbations and the pipeline that runs them."""

@@ -1,0 +1,93 @@
+"""The three stage interfaces of a build: maskers, generators and perturbations.
+
+Images travel between stages as ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order; masks as
+``uint8`` arrays of shape ``(H, W)`` with 255 = forged (to be inpainted) and 0 = pristine, the
+convention of the whole project (see ``dolos_bench.data.schema``). Every stage gets its
+randomness as an explicit ``numpy.random.Generator`` derived from (recipe seed, sample id), so
+that no stage ever reads global random state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class SkipSample(Exception):
+    """Raised by a stage when a sample cannot be made (no face found, mask out of bounds...).
+
+    The pipeline records the message as the skip reason in the manifest and goes on.
+    """
+
+
+@dataclass
+class MaskResult:
+    """A mask chosen by a masker, with the names of the parts it covers (for breakdowns)."""
+
+    mask: np.ndarray  # (H, W) uint8, 255 = region to inpaint
+    parts: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: dilation, counts, ...
+
+
+class Masker(ABC):
+    """Chooses the region of a real image that a generator will inpaint."""
+
+    name: ClassVar[str] = "masker"
+
+    def config(self) -> dict[str, Any]:
+        """Parameters that define this masker, stored with every sample it produces."""
+        return {}
+
+    @abstractmethod
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MaskResult:
+        """The mask for ``image``; raises :class:`SkipSample` when there is none to choose."""
+
+
+class Generator(ABC):
+    """Inpaints the masked region of an image. Pixels outside the mask should stay untouched.
+
+    Learned generators override :meth:`inpaint_batch` to run a batch on an accelerator; the
+    default loops over :meth:`inpaint`.
+    """
+
+    name: ClassVar[str] = "generator"
+
+    def config(self) -> dict[str, Any]:
+        """Parameters (and weight identities) that define this generator, for provenance."""
+        return {}
+
+    @abstractmethod
+    def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The image with the masked region replaced; same shape and dtype."""
+
+    def inpaint_batch(
+        self, images: list[np.ndarray], masks: list[np.ndarray], rngs: list[np.random.Generator]
+    ) -> list[np.ndarray]:
+        return [self.inpaint(i, m, r) for i, m, r in zip(images, masks, rngs)]
+
+
+class Perturbation(ABC):
+    """A post-processing operation applied to the final image (and its mask when geometric).
+
+    Perturbations are shared between ``bench build`` and ``bench stress``; they must be pure
+    functions of (image, mask, rng) so that a stress grid is reproducible.
+    """
+
+    name: ClassVar[str] = "perturbation"
+    geometric: ClassVar[bool] = False
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def spec(self) -> dict[str, Any]:
+        """``{"name": ..., **params}``: the JSON form stored with each sample."""
+        return {"name": self.name, **self.params()}
+
+    @abstractmethod
+    def apply(
+        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The perturbed image and the mask moved with it (unchanged unless geometric)."""

@@ -1,0 +1,1 @@
+"""Data formats: the dataset schema, sources of real images, dataset folder I/O, Dolos layout."""

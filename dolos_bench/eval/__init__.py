@@ -1,0 +1,1 @@
+"""Evaluation: localizer adapters, streaming metrics, protocols, the runner and stress tests."""

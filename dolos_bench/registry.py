@@ -1,0 +1,217 @@
+"""One generic registry for every pluggable kind of thing in dolos-bench.
+
+Sources, maskers, generators, perturbations and localizers are all looked up by name through a
+:class:`Registry`. Entries can be
+
+* registered eagerly with the :meth:`Registry.register` decorator,
+* registered lazily as a ``"module:attr"`` string, so that heavy imports (dlib, torch, diffusers)
+  happen only when that entry is actually used,
+* discovered from installed packages through an entry-point group such as
+  ``dolos_bench.generators`` -- the same door an outside plug-in uses.
+
+An unknown name is answered with the closest known names, because a typo in a recipe should cost
+seconds, not a stack trace.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name that no registry entry answers to; the message suggests close names."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain sentence.
+        return str(self.args[0])
+
+
+class PluginLoadError(ImportError):
+    """Raised when a lazy entry or an entry point cannot be imported."""
+
+
+def closest_names(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """Known names closest to ``name`` (difflib ratio), best first."""
+    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str:
+    """A ``" Did you mean 'x' or 'y'?"`` sentence, or an empty string when nothing is close."""
+    close = closest_names(name, candidates)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def import_target(target: str) -> object:
+    """Import ``"package.module:attr.sub"`` and return the attribute."""
+    module_name, sep, attr_path = target.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise PluginLoadError(f"{target!r} is not of the form 'module.path:Attribute'")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginLoadError(f"cannot import module {module_name!r} for {target!r}: {exc}") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise PluginLoadError(f"module {module_name!r} has no attribute {attr_path!r}") from exc
+    return obj
+
+
+@dataclass
+class _Entry:
+    name: str
+    summary: str
+    target: str | None = None  # "module:attr" for lazy entries
+    obj: object | None = None
+    origin: str = "builtin"  # "builtin", "entry-point:<dist>" or "runtime"
+
+
+class Registry(Generic[T]):
+    """Name -> factory mapping for one kind of plug-in.
+
+    ``kind`` is the human word used in messages ("generator"), ``group`` the entry-point group
+    searched on first use (``dolos_bench.generators``).
+    """
+
+    def __init__(self, kind: str, group: str | None = None) -> None:
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, _Entry] = {}
+        self._entry_points_loaded = group is None
+
+    # -- registration -------------------------------------------------------------------------
+    def register(
+        self, name: str | None = None, *, summary: str | None = None
+    ) -> Callable[[T], T]:
+        """Decorator: ``@GENERATORS.register("telea")`` on a class or factory function."""
+
+        def decorator(obj: T) -> T:
+            entry_name = name or getattr(obj, "name", None) or getattr(obj, "__name__")
+            doc = summary if summary is not None else _first_line(getattr(obj, "__doc__", ""))
+            self._add(_Entry(entry_name, doc, obj=obj, origin="runtime"))
+            return obj
+
+        return decorator
+
+    def add_lazy(self, name: str, target: str, summary: str = "") -> None:
+        """Register ``name`` to be imported from ``"module:attr"`` only when first used."""
+        self._add(_Entry(name, summary, target=target))
+
+    def _add(self, entry: _Entry) -> None:
+        existing = self._entries.get(entry.name)
+        if existing is not None and existing.obj is not None and existing.obj is not entry.obj:
+            if existing.target is None and entry.target is None:
+                raise ValueError(f"{self.kind} {entry.name!r} is already registered")
+        if existing is not None and existing.target and entry.obj is not None:
+            entry.summary = entry.summary or existing.summary
+            entry.target = existing.target
+            entry.origin = existing.origin
+        self._entries[entry.name] = entry
+
+    # -- lookup -------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.group):
+            if ep.name in self._entries:
+                continue  # built-ins win; a plug-in cannot silently replace them
+            dist = getattr(ep.dist, "name", "?") if ep.dist else "?"
+            self._entries[ep.name] = _Entry(
+                ep.name, "", target=ep.value, origin=f"entry-point:{dist}"
+            )
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        """The registered object for ``name``, importing it if it is lazy."""
+        self._load_entry_points()
+        entry = self._entries.get(name)
+        if entry is None:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{did_you_mean(name, self.names())}"
+                f" Known: {', '.join(self.names()) or '(none)'}."
+            )
+        if entry.obj is None:
+            assert entry.target is not None
+            entry.obj = import_target(entry.target)
+            if not entry.summary:
+                entry.summary = _first_line(getattr(entry.obj, "__doc__", ""))
+        return entry.obj  # type: ignore[return-value]
+
+    def create(self, name: str, /, **kwargs: object) -> object:
+        """``get(name)(**kwargs)``: build an instance from its registered factory."""
+        factory = self.get(name)
+        return factory(**kwargs)  # type: ignore[operator]
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, one-line summary, origin) for every entry, without importing lazy ones."""
+        self._load_entry_points()
+        return [(e.name, e.summary, e.origin) for _, e in sorted(self._entries.items())]
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0].strip() if (doc or "").strip() else ""
+
+
+SOURCES: Registry = Registry("source", "dolos_bench.sources")
+MASKERS: Registry = Registry("masker", "dolos_bench.maskers")
+GENERATORS: Registry = Registry("generator", "dolos_bench.generators")
+PERTURBATIONS: Registry = Registry("perturbation", "dolos_bench.perturbations")
+LOCALIZERS: Registry = Registry("localizer", "dolos_bench.localizers")
+
+REGISTRIES: dict[str, Registry] = {
+    "sources": SOURCES,
+    "maskers": MASKERS,
+    "generators": GENERATORS,
+    "perturbations": PERTURBATIONS,
+    "localizers": LOCALIZERS,
+}
+
+# Built-in entries are lazy so that `bench ls` and recipe validation never import dlib or torch.
+_BUILTINS: dict[str, list[tuple[str, str, str]]] = {
+    "sources": [
+        ("folder", "dolos_bench.data.sources:FolderSource", "Any folder tree of images; ids from relative paths"),
+        ("hf", "dolos_bench.data.sources:HFSource", "A Hugging Face dataset (local path or hub id) with column mapping"),
+        ("sample", "dolos_bench.data.sources:SampleSource", "Offline redistributable portraits for the quickstart"),
+        ("dolos", "dolos_bench.data.dolos_layout:DolosRealSource", "Real images of a Dolos-layout folder (real/<split>/)"),
+    ],
+    "maskers": [
+        ("strokes", "dolos_bench.build.masks.strokes:StrokeMasker", "LaMa-style free-form brush strokes"),
+        ("boxes", "dolos_bench.build.masks.boxes:BoxMasker", "LaMa-style random rectangles"),
+        ("landmarks", "dolos_bench.build.masks.landmarks:LandmarkMasker", "Face parts from dlib 68-point landmarks"),
+    ],
+    "generators": [
+        ("telea", "dolos_bench.build.generators.opencv:TeleaGenerator", "OpenCV inpainting, Telea's fast marching method"),
+        ("ns", "dolos_bench.build.generators.opencv:NavierStokesGenerator", "OpenCV inpainting, Navier-Stokes based"),
+    ],
+    "perturbations": [
+        ("jpeg", "dolos_bench.build.perturb:JPEG", "JPEG re-compression at a quality"),
+        ("webp", "dolos_bench.build.perturb:WEBP", "WEBP re-compression at a quality"),
+        ("blur", "dolos_bench.build.perturb:GaussianBlur", "Gaussian blur with a sigma in pixels"),
+        ("noise", "dolos_bench.build.perturb:GaussianNoise", "Additive Gaussian noise, sigma in 0..255 units"),
+        ("resize", "dolos_bench.build.perturb:Resize", "Rescale by a factor (moves the mask too)"),
+    ],
+    "localizers": [],
+}
+
+for _kind, _items in _BUILTINS.items():
+    for _name, _target, _summary in _items:
+        REGISTRIES[_kind].add_lazy(_name, _target, _summary)

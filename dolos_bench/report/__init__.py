@@ -1,0 +1,1 @@
+"""Reports: leaderboard tables, the static HTML page and plots."""
