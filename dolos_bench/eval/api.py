@@ -49,8 +49,15 @@ class Localizer(ABC):
         return {"name": self.name, "options": dict(self.options)}
 
     @abstractmethod
-    def predict(self, images: Sequence[np.ndarray]) -> LocalizerOutput:
-        """Score maps (and optional image scores) for a batch of ``uint8`` RGB images."""
+    def predict(
+        self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None
+    ) -> LocalizerOutput:
+        """Score maps (and optional image scores) for a batch of ``uint8`` RGB images.
+
+        ``ids`` are the dataset's sample ids of ``images``, in the same order. The runner always
+        passes them; a model ignores them, but a localizer that looks its answers up (such as
+        a folder of precomputed predictions) needs them, so it may raise when they are missing.
+        """
 
     def to_tensor(self, images: Sequence[np.ndarray]):  # -> torch.Tensor
         """Stack, scale to [0, 1], normalise with ``mean``/``std`` and move to ``device``."""

@@ -1,0 +1,126 @@
+"""Random rectangle masks in the style of LaMa's box masks.
+
+Rectangles are the other half of LaMa's training masks and the shape most "object removal"
+tools produce, so they complement the free-form strokes and the semantic face parts: a
+localizer that only finds blobs with curved borders, or only finds eyes, shows it here.
+
+Sides are fractions of the image's shorter side and positions fractions of the free room, all
+drawn before scaling, so one seed gives the same layout at any resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dolos_bench.build.base import Masker, MaskResult, SkipSample
+from dolos_bench.build.masks.common import (
+    DEFAULT_MAX_TRIES,
+    area_fraction,
+    check_area_bounds,
+    check_number,
+    check_range,
+    image_hw,
+    in_bounds,
+)
+
+
+class BoxMasker(Masker):
+    """A random number of axis-aligned rectangles of random size and place.
+
+    Args (keyword-only, as in a recipe):
+        count: ``[low, high]`` number of rectangles per mask (inclusive).
+        side: ``[low, high]`` side length as a fraction of the shorter image side; width and
+            height are drawn independently, so boxes have varied aspect ratios.
+        margin: band along the border, as a fraction of the shorter side, that no box
+            touches (LaMa keeps 10 px of 256 free, about 0.04).
+        min_area, max_area: accepted forged fraction of the image (inclusive).
+        max_tries: fresh draws from the same ``rng`` before the sample is skipped.
+    """
+
+    name: ClassVar[str] = "boxes"
+
+    def __init__(
+        self,
+        *,
+        count: Sequence[int] | int = (1, 3),
+        side: Sequence[float] | float = (0.1, 0.5),
+        margin: float = 0.02,
+        min_area: float = 0.05,
+        max_area: float = 0.4,
+        max_tries: int = DEFAULT_MAX_TRIES,
+    ) -> None:
+        owner = type(self).__name__
+        self.count = check_range(owner, "count", count, integer=True, lo=1)
+        self.side = check_range(owner, "side", side, lo=0.0, hi=1.0)
+        if self.side[1] <= 0.0:
+            raise ValueError(f"{owner}: side must allow boxes wider than 0, got {side!r}")
+        self.margin = float(check_number(owner, "margin", margin, lo=0.0, hi=0.5))
+        if self.side[1] + 2.0 * self.margin > 1.0:
+            raise ValueError(
+                f"{owner}: side[1] + 2 * margin must be <= 1 so that the largest box fits, "
+                f"got side={list(self.side)!r}, margin={margin!r}"
+            )
+        self.min_area, self.max_area = check_area_bounds(owner, min_area, max_area)
+        # Boxes cover at most count_max * side_max**2 of any image (the shorter side squared
+        # is at most H * W), so a larger min_area can never be met: say so now, not per sample.
+        reachable = min(1.0, self.count[1] * self.side[1] ** 2)
+        if self.min_area > reachable:
+            raise ValueError(
+                f"{owner}: min_area={self.min_area:g} cannot be reached: {self.count[1]} boxes "
+                f"of side <= {self.side[1]:g} cover at most {reachable:g} of the image"
+            )
+        self.max_tries = int(check_number(owner, "max_tries", max_tries, integer=True, lo=1))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "count": list(self.count),
+            "side": list(self.side),
+            "margin": self.margin,
+            "min_area": self.min_area,
+            "max_area": self.max_area,
+            "max_tries": self.max_tries,
+        }
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MaskResult:
+        height, width = image_hw(type(self).__name__, image)
+        area = 0.0
+        for attempt in range(1, self.max_tries + 1):
+            mask, boxes = self.draw(height, width, rng)
+            area = area_fraction(mask)
+            if in_bounds(area, self.min_area, self.max_area):
+                return MaskResult(
+                    mask=mask,
+                    parts=["boxes"],
+                    info={"area": area, "tries": attempt, "boxes": boxes},
+                )
+        raise SkipSample(
+            f"boxes: no mask with area in [{self.min_area:g}, {self.max_area:g}] after "
+            f"{self.max_tries} tries (last {area:.3f})"
+        )
+
+    def draw(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, list[list[int]]]:
+        """One unconstrained box mask and its boxes as ``[x0, y0, x1, y1]`` (x1, y1 exclusive)."""
+        mask = np.zeros((height, width), np.uint8)
+        short = float(min(height, width))
+        margin_x = margin_y = int(round(self.margin * short))
+        boxes: list[list[int]] = []
+        for _ in range(int(rng.integers(self.count[0], self.count[1] + 1))):
+            fw, fh, fx, fy = (float(v) for v in rng.random(4))
+            box_w = self._pixels(self.side[0] + fw * (self.side[1] - self.side[0]), short, width - 2 * margin_x)
+            box_h = self._pixels(self.side[0] + fh * (self.side[1] - self.side[0]), short, height - 2 * margin_y)
+            # Very small images can leave less room than the margin asks; the box then wins.
+            mx = min(margin_x, (width - box_w) // 2)
+            my = min(margin_y, (height - box_h) // 2)
+            x0 = mx + int(round(fx * (width - 2 * mx - box_w)))
+            y0 = my + int(round(fy * (height - 2 * my - box_h)))
+            mask[y0 : y0 + box_h, x0 : x0 + box_w] = 255
+            boxes.append([x0, y0, x0 + box_w, y0 + box_h])
+        return mask, boxes
+
+    @staticmethod
+    def _pixels(fraction: float, short: float, room: int) -> int:
+        """A side in whole pixels: at least 1, at most the room left inside the margins."""
+        return int(min(max(1, round(fraction * short)), max(1, room)))

@@ -1,0 +1,170 @@
+"""Free-form brush-stroke masks in the style of LaMa's "thick/medium" irregular masks.
+
+Generic inpainting models (LaMa, MAT, SD-inpainting) are trained on such masks, so forgeries
+made with them test a localizer on region shapes that carry no face semantics at all: the
+detector cannot simply learn "the eyes are always fake".
+
+Every length is a fraction of the image's shorter side and every position a fraction of its
+width/height, and all draws are made in those units before scaling. So the same seed gives the
+same picture at 256 and at 1024 pixels (up to rounding), and a recipe means the same thing
+whatever the source resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from dolos_bench.build.base import Masker, MaskResult, SkipSample
+from dolos_bench.build.masks.common import (
+    DEFAULT_MAX_TRIES,
+    area_fraction,
+    check_area_bounds,
+    check_number,
+    check_range,
+    image_hw,
+    in_bounds,
+)
+
+_SHIFT = 4  # cv2 fixed-point bits: vertices keep 1/16 px precision, so scaling stays smooth
+_ONE = 1 << _SHIFT
+
+
+class StrokeMasker(Masker):
+    """Random thick brush strokes: polylines with round joints, bouncing off the borders.
+
+    Args (keyword-only, as in a recipe):
+        strokes: ``[low, high]`` number of strokes per mask (inclusive).
+        max_vertices: most vertices per stroke; each stroke has ``2..max_vertices`` vertices,
+            i.e. at least one segment.
+        max_length: longest segment, as a fraction of the shorter image side; each segment's
+            length is uniform in ``[0.2, 1] * max_length`` (LaMa adds a fixed minimum too, so
+            that no segment degenerates to a dot).
+        width: ``[low, high]`` brush width (diameter) as a fraction of the shorter side, drawn
+            once per stroke so that a stroke looks like one brush.
+        max_angle: largest change of direction between consecutive segments, in radians
+            (LaMa's angle jitter); 0 gives straight strokes.
+        min_area, max_area: accepted forged fraction of the image (inclusive).
+        max_tries: fresh draws from the same ``rng`` before the sample is skipped.
+    """
+
+    name: ClassVar[str] = "strokes"
+
+    def __init__(
+        self,
+        *,
+        strokes: Sequence[int] | int = (1, 5),
+        max_vertices: int = 6,
+        max_length: float = 0.3,
+        width: Sequence[float] | float = (0.04, 0.12),
+        max_angle: float = 1.5,
+        min_area: float = 0.05,
+        max_area: float = 0.4,
+        max_tries: int = DEFAULT_MAX_TRIES,
+    ) -> None:
+        owner = type(self).__name__
+        self.strokes = check_range(owner, "strokes", strokes, integer=True, lo=1)
+        self.max_vertices = int(check_number(owner, "max_vertices", max_vertices, integer=True, lo=2))
+        self.max_length = float(check_number(owner, "max_length", max_length, lo=0.0, hi=2.0))
+        if self.max_length <= 0.0:
+            raise ValueError(f"{owner}: max_length must be > 0, got {max_length!r}")
+        self.width = check_range(owner, "width", width, lo=0.0, hi=1.0)
+        if self.width[1] <= 0.0:
+            raise ValueError(f"{owner}: width must allow a brush wider than 0, got {width!r}")
+        self.max_angle = float(check_number(owner, "max_angle", max_angle, lo=0.0, hi=math.pi))
+        self.min_area, self.max_area = check_area_bounds(owner, min_area, max_area)
+        self.max_tries = int(check_number(owner, "max_tries", max_tries, integer=True, lo=1))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "strokes": list(self.strokes),
+            "max_vertices": self.max_vertices,
+            "max_length": self.max_length,
+            "width": list(self.width),
+            "max_angle": self.max_angle,
+            "min_area": self.min_area,
+            "max_area": self.max_area,
+            "max_tries": self.max_tries,
+        }
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MaskResult:
+        height, width = image_hw(type(self).__name__, image)
+        area = 0.0
+        for attempt in range(1, self.max_tries + 1):
+            mask, n_strokes, n_segments = self.draw(height, width, rng)
+            area = area_fraction(mask)
+            if in_bounds(area, self.min_area, self.max_area):
+                return MaskResult(
+                    mask=mask,
+                    parts=["strokes"],
+                    info={
+                        "area": area,
+                        "tries": attempt,
+                        "n_strokes": n_strokes,
+                        "n_segments": n_segments,
+                    },
+                )
+        raise SkipSample(
+            f"strokes: no mask with area in [{self.min_area:g}, {self.max_area:g}] after "
+            f"{self.max_tries} tries (last {area:.3f})"
+        )
+
+    def draw(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """One unconstrained stroke mask: ``(mask, number of strokes, number of segments)``.
+
+        The draws do not depend on the image size, only their scaling does.
+        """
+        mask = np.zeros((height, width), np.uint8)
+        side = float(min(height, width))
+        n_strokes = int(rng.integers(self.strokes[0], self.strokes[1] + 1))
+        n_segments = 0
+        for _ in range(n_strokes):
+            n_vertices = int(rng.integers(2, self.max_vertices + 1))
+            brush = float(rng.uniform(self.width[0], self.width[1])) * side
+            x = float(rng.random()) * (width - 1)
+            y = float(rng.random()) * (height - 1)
+            angle = float(rng.uniform(0.0, 2.0 * math.pi))
+            vertices = [(x, y)]
+            for _ in range(n_vertices - 1):
+                angle += float(rng.uniform(-self.max_angle, self.max_angle))
+                length = float(rng.uniform(0.2, 1.0)) * self.max_length * side
+                x, y, angle = _bounce(x, y, angle, length, width - 1, height - 1)
+                vertices.append((x, y))
+            _draw_stroke(mask, vertices, brush)
+            n_segments += n_vertices - 1
+        return mask, n_strokes, n_segments
+
+
+def _bounce(
+    x: float, y: float, angle: float, length: float, x_max: float, y_max: float
+) -> tuple[float, float, float]:
+    """Step ``length`` along ``angle``, reflecting off the image borders like a billiard ball.
+
+    Clipping (what LaMa does) would flatten strokes along the border; reflecting keeps their
+    length, and hence the area statistics, independent of where they start.
+    """
+    nx = x + length * math.cos(angle)
+    ny = y + length * math.sin(angle)
+    if nx < 0.0 or nx > x_max:
+        nx = -nx if nx < 0.0 else 2.0 * x_max - nx
+        angle = math.pi - angle
+    if ny < 0.0 or ny > y_max:
+        ny = -ny if ny < 0.0 else 2.0 * y_max - ny
+        angle = -angle
+    # A segment longer than the image itself can still land outside after one reflection.
+    return min(max(nx, 0.0), x_max), min(max(ny, 0.0), y_max), angle
+
+
+def _draw_stroke(mask: np.ndarray, vertices: list[tuple[float, float]], brush: float) -> None:
+    """Thick segments plus a disc at every vertex, so joints and ends are round like a brush."""
+    thickness = max(1, int(round(brush)))
+    radius = max(1, int(round(brush * _ONE / 2.0)))  # fixed-point, like the centres
+    points = [(int(round(x * _ONE)), int(round(y * _ONE))) for x, y in vertices]
+    for p, q in zip(points[:-1], points[1:]):
+        cv2.line(mask, p, q, 255, thickness, cv2.LINE_8, _SHIFT)
+    for p in points:
+        cv2.circle(mask, p, radius, 255, -1, cv2.LINE_8, _SHIFT)

@@ -1,0 +1,175 @@
+"""The ``bench`` command line: one click group, thin commands over the library API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import __version__
+from .recipes import RecipeError, load_recipe
+from .registry import REGISTRIES
+
+console = Console(stderr=True)
+
+
+def progress_bar(description: str, *, quiet: bool = False) -> Progress:
+    """A bar with count, rate and ETA on stderr (silent with --quiet)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dolos-bench")
+def main() -> None:
+    """dolos-bench: build inpainted-face forgery datasets and score forgery localizers."""
+
+
+@main.command("ls")
+@click.argument("kind", required=False, type=click.Choice(sorted(REGISTRIES)))
+def ls_command(kind: str | None) -> None:
+    """List what is registered (sources, maskers, generators, perturbations, localizers)."""
+    kinds = [kind] if kind else sorted(REGISTRIES)
+    for k in kinds:
+        for name, summary, origin in REGISTRIES[k].describe():
+            suffix = "" if origin == "builtin" else f"  [{origin}]"
+            click.echo(f"{k[:-1]:<13} {name:<16} {summary}{suffix}")
+
+
+def _load(recipe_path: str, overrides: tuple[str, ...]):
+    try:
+        return load_recipe(recipe_path, list(overrides))
+    except RecipeError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set fakes.per_source=2.")
+def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check a recipe and report every problem with its path in the YAML."""
+    r = _load(recipe, overrides)
+    click.echo(
+        f"{recipe}: ok ({r.name}: {len(r.sources)} source(s), {len(r.maskers)} masker(s),"
+        f" {len(r.generators)} generator(s), {len(r.perturbations.chains)} perturbation chain(s))"
+    )
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="Processes for the CPU stages.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished build in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overwrite: bool, quiet: bool) -> None:
+    """Build a dataset from RECIPE; resumes an interrupted build of the same recipe."""
+    from .build.pipeline import run_build, summarize_skips
+    from .data.dataset_io import BuildFolderError
+
+    r = _load(recipe, overrides)
+    text = Path(recipe).read_text()
+    with progress_bar(f"build {r.name}", quiet=quiet) as bar:
+        task = bar.add_task(f"build {r.name}", total=None, rate="")
+        state = {"t0": None, "d0": 0}
+
+        def report(done: int, total: int) -> None:
+            import time
+
+            now = time.perf_counter()
+            if state["t0"] is None:
+                state["t0"], state["d0"] = now, done
+            elapsed = now - state["t0"]
+            rate = (done - state["d0"]) / elapsed if elapsed > 0 else 0.0
+            bar.update(task, completed=done, total=total, rate=f"{rate:5.1f} samples/s")
+
+        try:
+            result = run_build(r, Path(out), workers=workers, overwrite=overwrite, progress=report,
+                               recipe_text=text)
+        except BuildFolderError as exc:
+            fail(str(exc))
+    counts = result.counts
+    splits = ", ".join(f"{s} {c['real']}+{c['fake']}" for s, c in counts["splits"].items())
+    click.echo(
+        f"built {counts['total']} samples (real+fake: {splits}) in {result.seconds:.1f} s"
+        f"{f', resumed {result.resumed_shards} shard(s)' if result.resumed_shards else ''} -> {out}"
+    )
+    if result.skipped:
+        reasons = "; ".join(f"{n}× {reason}" for reason, n in summarize_skips(result.skipped))
+        click.echo(f"skipped {len(result.skipped)}: {reasons} (details in {out}/manifest.json)")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repository.")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
+@click.option("--revision", default=None, help="Branch to push to.")
+def publish(folder: str, repo: str, private: bool, dry_run: bool, revision: str | None) -> None:
+    """Push a finished dataset folder to the Hugging Face Hub with its dataset card."""
+    from .publish import PublishError, publish_folder
+
+    try:
+        result = publish_folder(Path(folder), repo, private=private, dry_run=dry_run, revision=revision)
+    except PublishError as exc:
+        fail(str(exc))
+    for path, size in result.files:
+        click.echo(f"{size:>12,d}  {path}")
+    total = sum(size for _, size in result.files)
+    verb = "would upload" if dry_run else "uploaded"
+    click.echo(f"{verb} {len(result.files)} files ({total:,d} bytes) to datasets/{repo}"
+               + (f" ({result.url})" if result.url else ""))
+
+
+@main.command("export")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["dolos"]), default="dolos", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def export_command(folder: str, fmt: str, out: str) -> None:
+    """Write a dataset folder in another layout (dolos: real/, fake/<gen>/{images,masks}/, 255 = real)."""
+    from .data.dolos_layout import DolosLayoutError, export_dolos
+
+    try:
+        counts = export_dolos(Path(folder), Path(out))
+    except DolosLayoutError as exc:
+        fail(str(exc))
+    click.echo(f"exported {counts['real']} real and {counts['fake']} fake images to {out} (Dolos layout)")
+
+
+@main.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["dolos"]), default="dolos", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
+    """Turn a Dolos-layout folder into a dolos-bench dataset folder (masks converted to 255 = forged)."""
+    from .data.dataset_io import BuildFolderError
+    from .data.dolos_layout import DolosLayoutError, import_dolos
+
+    try:
+        counts = import_dolos(Path(folder), Path(out), overwrite=overwrite)
+    except (DolosLayoutError, BuildFolderError) as exc:
+        fail(str(exc))
+    click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

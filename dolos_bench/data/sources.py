@@ -1,0 +1,253 @@
+"""Sources of real face images: a folder tree, a Hugging Face dataset, or the offline sample.
+
+A source lists its items as ``(source_id, ref)`` pairs without decoding anything -- listing
+must be cheap because it happens once in the main process -- and loads one item from its
+``ref`` inside a worker. ``source_id`` is stable across runs and machines (derived from the
+relative path or an id column, never from listing order), because every random choice of a
+sample is keyed by it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slugify(text: str) -> str:
+    """A file-name-safe id: path separators become ``__``, other odd characters ``_``."""
+    parts = [_UNSAFE.sub("_", p).strip("_") for p in re.split(r"[\\/]+", text) if p]
+    return "__".join(p for p in parts if p) or "_"
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    source_id: str
+    ref: Any  # picklable locator: relative path, row index, (portrait, variant)
+
+
+class Source(ABC):
+    """A collection of real images with stable ids."""
+
+    name: ClassVar[str] = "source"
+    default_licence: ClassVar[str] = "unknown"
+
+    def __init__(self, licence: str | None = None) -> None:
+        self.licence = licence or self.default_licence
+
+    @abstractmethod
+    def items(self) -> Iterator[SourceItem]:
+        """Every item, in a stable order."""
+
+    @abstractmethod
+    def load(self, ref: Any) -> bytes | Image.Image:
+        """The raw image of one item (decoded and checked by ``data.images.load_rgb``)."""
+
+    def config(self) -> dict[str, Any]:
+        return {"licence": self.licence}
+
+
+class FolderSource(Source):
+    """Any folder tree of images; ids come from the relative path without extension."""
+
+    name = "folder"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        extensions: list[str] | None = None,
+        recursive: bool = True,
+        licence: str | None = None,
+    ) -> None:
+        super().__init__(licence)
+        self.root = Path(path).expanduser()
+        if not self.root.is_dir():
+            raise ValueError(f"folder source: {self.root} is not a directory")
+        self.extensions = tuple(e.lower() for e in (extensions or IMAGE_EXTENSIONS))
+        self.recursive = recursive
+
+    def items(self) -> Iterator[SourceItem]:
+        pattern = "**/*" if self.recursive else "*"
+        files = sorted(
+            p
+            for p in self.root.glob(pattern)
+            if p.suffix.lower() in self.extensions and (p.is_file() or p.is_symlink())
+        )
+        for path in files:
+            rel = path.relative_to(self.root).as_posix()
+            yield SourceItem(slugify(rel.rsplit(".", 1)[0]), rel)
+
+    def load(self, ref: str) -> bytes:
+        path = self.root / ref
+        if path.is_symlink() and not path.resolve().is_relative_to(self.root.resolve()):
+            raise OSError(f"symlink points outside the source folder: {ref}")
+        return path.read_bytes()
+
+    def config(self) -> dict[str, Any]:
+        return {"path": str(self.root), "licence": self.licence}
+
+
+@lru_cache(maxsize=4)
+def _load_hf(path: str, split: str, revision: str | None, image_column: str):
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(path, split=split, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - surface hub/offline errors as a clear message
+        raise ValueError(f"hf source: cannot load dataset {path!r} split {split!r}: {exc}") from exc
+    if image_column not in ds.column_names:
+        raise ValueError(
+            f"hf source: no column {image_column!r} in {path!r}; columns: {', '.join(ds.column_names)}"
+        )
+    # Undecoded bytes: our own loader handles odd modes and records conversions.
+    if isinstance(ds.features[image_column], datasets.Image):
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    return ds
+
+
+class HFSource(Source):
+    """A Hugging Face dataset by local path or hub id, through ``datasets.load_dataset``."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        split: str = "train",
+        image_column: str = "image",
+        id_column: str | None = None,
+        revision: str | None = None,
+        licence: str | None = None,
+    ) -> None:
+        super().__init__(licence)
+        self.path, self.split, self.revision = path, split, revision
+        self.image_column, self.id_column = image_column, id_column
+
+    def _dataset(self):
+        return _load_hf(self.path, self.split, self.revision, self.image_column)
+
+    def items(self) -> Iterator[SourceItem]:
+        ds = self._dataset()
+        if self.id_column is not None:
+            if self.id_column not in ds.column_names:
+                raise ValueError(
+                    f"hf source: no id column {self.id_column!r}; columns: {', '.join(ds.column_names)}"
+                )
+            ids = [slugify(str(v)) for v in ds[self.id_column]]
+        else:
+            width = max(6, len(str(len(ds))))
+            ids = [f"{i:0{width}d}" for i in range(len(ds))]
+        for index, source_id in enumerate(ids):
+            yield SourceItem(source_id, index)
+
+    def load(self, ref: int) -> bytes | Image.Image:
+        value = self._dataset()[int(ref)][self.image_column]
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return value["bytes"]
+            if value.get("path"):
+                return Path(value["path"]).read_bytes()
+            raise OSError("row has an empty image")
+        if isinstance(value, Image.Image):
+            return value
+        raise OSError(f"unsupported image value of type {type(value).__name__}")
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "split": self.split,
+            "revision": self.revision,
+            "image_column": self.image_column,
+            "id_column": self.id_column,
+            "licence": self.licence,
+        }
+
+
+_SAMPLE_LICENCE = (
+    "public domain: NASA photograph of Eileen Collins (scikit-image data.astronaut) and the"
+    " U.S. Navy portrait of Grace Hopper (matplotlib sample data)"
+)
+
+
+@lru_cache(maxsize=2)
+def _portrait(name: str) -> np.ndarray:
+    if name == "astronaut":
+        try:
+            from skimage import data
+        except ImportError as exc:
+            raise ImportError(
+                "the sample source needs scikit-image: pip install 'dolos-bench[sample]'"
+            ) from exc
+        return np.ascontiguousarray(data.astronaut())
+    if name == "grace_hopper":
+        from matplotlib import cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            return np.asarray(Image.open(f).convert("RGB"))
+    raise ValueError(f"unknown portrait {name!r}")
+
+
+# Face boxes (x0, y0, x1, y1) of the portraits; crops always contain the whole face.
+_FACES = {"astronaut": (170, 60, 270, 175), "grace_hopper": (175, 125, 370, 335)}
+
+
+class SampleSource(Source):
+    """Redistributable public-domain portraits shipped inside installed packages.
+
+    Two portraits, varied by square crops of different scale and offset around the face and by
+    horizontal flips, so that the quickstart works offline. It is a smoke-test set: every item
+    shows one of two people, so it says nothing about a localizer's generalisation.
+    """
+
+    name = "sample"
+    default_licence = _SAMPLE_LICENCE
+
+    def __init__(self, *, count: int = 50, licence: str | None = None) -> None:
+        super().__init__(licence)
+        if count < 1:
+            raise ValueError("sample source: count must be >= 1")
+        self.count = count
+
+    def items(self) -> Iterator[SourceItem]:
+        for k in range(self.count):
+            portrait = ("astronaut", "grace_hopper")[k % 2]
+            yield SourceItem(f"{portrait}-{k // 2:03d}", (portrait, k // 2))
+
+    def load(self, ref: tuple[str, int]) -> Image.Image:
+        portrait, variant = ref
+        image = _portrait(portrait)
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = _FACES[portrait]
+        rng = np.random.Generator(np.random.PCG64(variant * 2 + (portrait == "grace_hopper")))
+        face = max(x1 - x0, y1 - y0)
+        side_max = min(h, w)
+        side = int(rng.uniform(min(side_max, max(face * 1.6, 288)), side_max))
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        left_lo, left_hi = max(0, x1 - side), min(w - side, x0)
+        top_lo, top_hi = max(0, y1 - side), min(h - side, y0)
+        left = int(rng.integers(left_lo, max(left_lo, left_hi) + 1)) if left_hi >= left_lo else int(
+            np.clip(cx - side / 2, 0, w - side)
+        )
+        top = int(rng.integers(top_lo, max(top_lo, top_hi) + 1)) if top_hi >= top_lo else int(
+            np.clip(cy - side / 2, 0, h - side)
+        )
+        crop = image[top : top + side, left : left + side]
+        if variant % 2 == 1:
+            crop = crop[:, ::-1]
+        return Image.fromarray(np.ascontiguousarray(crop))
+
+    def config(self) -> dict[str, Any]:
+        return {"count": self.count, "licence": self.licence}
+

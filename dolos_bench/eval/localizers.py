@@ -1,0 +1,682 @@
+"""Turn whatever a user hands ``bench eval`` into a :class:`~dolos_bench.eval.api.Localizer`.
+
+A model arrives in one of five shapes, tried in this order by :func:`load_localizer`:
+
+1. a TorchScript file (``.pt``, ``.pth``, ``.ts``)            -> :class:`TorchScriptLocalizer`
+2. an ONNX file (``.onnx``)                                    -> :class:`ONNXLocalizer`
+3. a folder or archive of precomputed maps                     -> ``PredictionsLocalizer``
+4. ``"package.module:ClassName"``                              -> that class, imported
+5. a name registered in :data:`~dolos_bench.registry.LOCALIZERS` (entry points included)
+
+Paths are tried first because a path may contain ``:`` and a name may look like a file stem.
+Every adapter reports an :meth:`identity` with ``name``, ``kind``, ``path`` and
+``weights_sha256``, so a results file ties a score to exact weights rather than a file name.
+
+Models are outside code, so nothing they return is trusted: :func:`check_output` checks every
+batch (count, 2-D, finite, in [0, 1]) and names the offending sample, because "NaN in batch 812"
+is useless while "sample #3 (id 'ffhq/00042_telea') map has NaN" is a one-minute fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
+from dolos_bench.registry import LOCALIZERS, did_you_mean, import_target
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "LocalizerLoadError",
+    "ONNXLocalizer",
+    "TorchScriptLocalizer",
+    "call_localizer",
+    "check_output",
+    "file_sha256",
+    "load_localizer",
+    "parse_model_args",
+]
+
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
+ONNX_SUFFIXES = (".onnx",)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+RANGE_TOLERANCE = 1e-6
+"""How far outside [0, 1] a value may stray (float rounding of a sigmoid) before it is an error;
+values within the tolerance are clipped."""
+
+
+class LocalizerLoadError(LocalizerError):
+    """A localizer spec cannot be turned into a localizer (bad file, bad class, bad option)."""
+
+
+# -- options --------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+def parse_model_args(args: Iterable[str]) -> dict[str, Any]:
+    """Parse ``--model-arg key=value`` strings into typed options.
+
+    Values go through ``yaml.safe_load`` so that ``batch=8`` is an int, ``strict_size=true`` a
+    bool and ``mean=[0.5,0.5,0.5]`` a list, while ``mean=0.485,0.456,0.406`` stays a string
+    that the adapter splits. ``1e-3`` (which YAML 1.1 leaves as a string) becomes a float.
+    An empty value (``key=``) is the empty string, not ``None``.
+    """
+    import yaml
+
+    options: dict[str, Any] = {}
+    for arg in args:
+        key, sep, raw = arg.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"model argument {arg!r} has no '='; expected key=value")
+        if not key:
+            raise ValueError(f"model argument {arg!r} has an empty key; expected key=value")
+        if key in options:
+            raise ValueError(f"model argument {key!r} is given twice")
+        if raw == "":
+            options[key] = ""
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw  # e.g. "a: b" -- keep the string rather than refuse a free-form value
+        if isinstance(value, str) and _NUMBER.match(value):
+            value = float(value)
+        options[key] = value
+    return options
+
+
+def _as_int(name: str, value: Any, *, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise LocalizerLoadError(f"option {name}={value!r} is not an integer") from None
+    if number < minimum:
+        raise LocalizerLoadError(f"option {name}={value!r} must be >= {minimum}")
+    return number
+
+
+def _as_triplet(name: str, value: Any) -> tuple[float, float, float] | None:
+    """``"0.485,0.456,0.406"``, ``[0.485, 0.456, 0.406]`` or a single number (used for all three)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts: list[Any] = [p for p in value.replace(" ", "").strip("[]()").split(",") if p]
+    elif isinstance(value, (int, float)):
+        parts = [value] * 3
+    else:
+        parts = list(value)
+    try:
+        numbers = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise LocalizerLoadError(f"option {name}={value!r} is not three comma-separated numbers") from None
+    if len(numbers) == 1:
+        numbers = numbers * 3
+    if len(numbers) != 3 or not all(math.isfinite(n) for n in numbers):
+        raise LocalizerLoadError(f"option {name}={value!r} must be three finite numbers (R,G,B)")
+    return numbers  # type: ignore[return-value]
+
+
+def _reject_unknown(kind: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
+    """A typo in ``--model-arg`` must not silently run the model with defaults."""
+    known = sorted(known)
+    for key in options:
+        if key not in known:
+            raise LocalizerLoadError(
+                f"unknown option {key!r} for a {kind} model.{did_you_mean(key, known)}"
+                f" Known: {', '.join(known)}."
+            )
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks so multi-GB weights need no memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- output checking ------------------------------------------------------------------------------
+
+
+def _where(position: int, batch_ids: Sequence[str] | None) -> str:
+    if batch_ids is not None and position < len(batch_ids):
+        return f"sample #{position} (id {batch_ids[position]!r})"
+    return f"sample #{position}"
+
+
+def _id_list(ids: Sequence[str] | None, limit: int = 5) -> str:
+    if not ids:
+        return ""
+    shown = ", ".join(repr(i) for i in list(ids)[:limit])
+    return f" (ids {shown}{', ...' if len(ids) > limit else ''})"
+
+
+def _fail(name: str | None, where: str, problem: str, rule: str) -> LocalizerError:
+    who = f"localizer {name!r}" if name else "localizer"
+    return LocalizerError(f"{who}: {where}: {problem} [rule: {rule}]")
+
+
+def _check_map(value: Any, where: str, name: str | None) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise _fail(name, where, f"map is a {type(value).__name__}", "maps must be numpy arrays")
+    if value.ndim != 2:
+        raise _fail(
+            name, where, f"map has shape {value.shape}", "maps must be 2-D (H, W) arrays"
+        )
+    if value.size == 0:
+        raise _fail(name, where, f"map has shape {value.shape}", "maps must not be empty")
+    if value.dtype == np.bool_:
+        value = value.astype(np.float32)
+    if not np.issubdtype(value.dtype, np.floating):
+        raise _fail(
+            name,
+            where,
+            f"map has dtype {value.dtype}",
+            "maps must be float arrays in [0, 1] (divide 8-bit maps by 255 first)",
+        )
+    arr = np.ascontiguousarray(value, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise _fail(name, where, f"map has {bad} NaN/inf values", "maps must be finite")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise _fail(
+            name,
+            where,
+            f"map values span [{lo:.6g}, {hi:.6g}]",
+            "maps must lie in [0, 1]; logits need a sigmoid in the model",
+        )
+    if lo < 0 or hi > 1:
+        arr = np.clip(arr, 0.0, 1.0)
+    return arr
+
+
+def _check_score(value: Any, where: str, name: str | None) -> float:
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise _fail(name, where, f"score {value!r} is not a number", "scores must be floats") from None
+    if not math.isfinite(score):
+        raise _fail(name, where, f"score is {score}", "scores must be finite")
+    if score < -RANGE_TOLERANCE or score > 1 + RANGE_TOLERANCE:
+        raise _fail(name, where, f"score is {score:.6g}", "scores must lie in [0, 1]")
+    return min(max(score, 0.0), 1.0)
+
+
+def check_output(
+    output: Any,
+    batch_ids: Sequence[str] | None,
+    image_shapes: Sequence[Sequence[int]],
+    *,
+    name: str | None = None,
+    strict_size: bool = False,
+) -> LocalizerOutput:
+    """Validate one batch's output and return it normalised (float32 maps, clipped to [0, 1]).
+
+    ``image_shapes`` gives the batch size and, with ``strict_size``, the ``(H, W)`` each map must
+    have; maps of any other size are legal otherwise (the runner resizes them). Raises
+    :class:`LocalizerError` naming the sample position and id and the rule that was broken.
+    """
+    n = len(image_shapes)
+    if not isinstance(output, LocalizerOutput):
+        raise _fail(
+            name,
+            f"batch of {n}",
+            f"predict() returned a {type(output).__name__}",
+            "predict() must return a LocalizerOutput",
+        )
+    maps = list(output.maps) if output.maps is not None else []
+    if len(maps) != n:
+        raise _fail(
+            name,
+            f"batch of {n}{_id_list(batch_ids)}",
+            f"returned {len(maps)} maps",
+            "one map per image",
+        )
+    checked = []
+    for i, m in enumerate(maps):
+        where = _where(i, batch_ids)
+        arr = _check_map(m, where, name)
+        if strict_size and tuple(arr.shape) != tuple(image_shapes[i][:2]):
+            raise _fail(
+                name,
+                where,
+                f"map is {arr.shape[0]}x{arr.shape[1]} but the image is "
+                f"{image_shapes[i][0]}x{image_shapes[i][1]}",
+                "strict_size: maps must have the image's size",
+            )
+        checked.append(arr)
+    scores = None
+    if output.scores is not None:
+        raw_scores = list(output.scores)
+        if len(raw_scores) != n:
+            raise _fail(
+                name, f"batch of {n}", f"returned {len(raw_scores)} scores", "one score per image"
+            )
+        scores = [_check_score(s, _where(i, batch_ids), name) for i, s in enumerate(raw_scores)]
+    return LocalizerOutput(maps=checked, scores=scores)
+
+
+def _accepts_ids(localizer: Localizer) -> bool:
+    try:
+        params = inspect.signature(localizer.predict).parameters
+    except (TypeError, ValueError):  # builtins without a signature: assume the new contract
+        return True
+    return "ids" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def call_localizer(
+    localizer: Localizer,
+    images: Sequence[np.ndarray],
+    ids: Sequence[str] | None = None,
+    *,
+    strict_size: bool = False,
+) -> LocalizerOutput:
+    """Run one batch through any localizer and check the result; what the runner should call.
+
+    Passes ``ids`` only to a ``predict`` that accepts them, so a plug-in written against the
+    older ``predict(images)`` signature keeps working; turns any exception the model raises into
+    a :class:`LocalizerError` that names the batch's ids.
+    """
+    name = str(getattr(localizer, "name", None) or type(localizer).__name__)
+    try:
+        if ids is not None and _accepts_ids(localizer):
+            output = localizer.predict(images, ids=list(ids))
+        else:
+            output = localizer.predict(images)
+    except LocalizerError:
+        raise
+    except Exception as exc:  # the model is outside code; anything can come out of it
+        raise _fail(
+            name,
+            f"batch of {len(images)}{_id_list(ids)}",
+            f"predict() raised {type(exc).__name__}: {exc}",
+            "predict() must not raise",
+        ) from exc
+    return check_output(
+        output, ids, [np.shape(im) for im in images], name=name, strict_size=strict_size
+    )
+
+
+# -- tensor models: shared pre-/post-processing ----------------------------------------------------
+
+_MAP_KEYS = ("map", "maps", "mask", "heatmap", "localization", "pred")
+_SCORE_KEYS = ("score", "scores", "image_score", "detection", "label")
+
+
+class _ArrayModelLocalizer(Localizer):
+    """Common body of the TorchScript and ONNX adapters: options, batching, output parsing.
+
+    Subclasses implement :meth:`_forward` on a float32 ``(B, 3, H, W)`` numpy batch and return
+    the raw model output converted to numpy (array, tuple/list or dict of arrays).
+    """
+
+    kind = "model"
+    _options = ("input_size", "mean", "std", "batch", "name")
+
+    def __init__(self, path: str | Path, device: str = "cpu", **options: Any) -> None:
+        _reject_unknown(self.kind, options, self._options)
+        super().__init__(device=device, **options)
+        self.path = Path(path).resolve()
+        self.name = str(options.get("name") or self.path.stem)  # type: ignore[misc]
+        size = options.get("input_size")
+        self.input_size = None if size in (None, "", 0, "native") else _as_int("input_size", size, minimum=1)  # type: ignore[misc]
+        self.mean = _as_triplet("mean", options.get("mean"))  # type: ignore[misc]
+        self.std = _as_triplet("std", options.get("std"))  # type: ignore[misc]
+        if (self.mean is None) != (self.std is None):
+            raise LocalizerLoadError("options mean and std must be given together")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise LocalizerLoadError(f"option std={self.std} has a zero")
+        self.batch = _as_int("batch", options.get("batch", 0))
+        self._sha256: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.path)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": str(self.path),
+            "weights_sha256": self._sha256,
+            "options": dict(self.options),
+        }
+
+    # -- preprocessing --------------------------------------------------------------------------
+    def _prepare(self, images: Sequence[np.ndarray], ids: Sequence[str] | None) -> list[np.ndarray]:
+        import cv2
+
+        prepared = []
+        for i, img in enumerate(images):
+            img = np.asarray(img)
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise LocalizerError(
+                    f"localizer {self.name!r}: {_where(i, ids)}: image has shape {img.shape} and"
+                    f" dtype {img.dtype} [rule: images are uint8 RGB (H, W, 3)]"
+                )
+            s = self.input_size
+            if s is not None and img.shape[:2] != (s, s):
+                shrink = img.shape[0] > s or img.shape[1] > s
+                img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            prepared.append(img)
+        return prepared
+
+    def _to_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        batch = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+        if self.mean is not None and self.std is not None:
+            mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+            std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+            batch = (batch - mean) / std
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def _groups(self, images: Sequence[np.ndarray]) -> list[list[int]]:
+        """Index groups fed to the model together: same size, at most ``batch`` long.
+
+        A batch of mixed sizes at native resolution cannot be stacked, so it goes one by one
+        rather than padded, since padding would change what a fully convolutional model sees.
+        """
+        n = len(images)
+        if n == 0:
+            return []
+        same = all(im.shape == images[0].shape for im in images)
+        if not same:
+            return [[i] for i in range(n)]
+        step = self.batch or n
+        return [list(range(i, min(i + step, n))) for i in range(0, n, step)]
+
+    # -- output parsing -------------------------------------------------------------------------
+    def _split(self, raw: Any, n: int, ids: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(maps ``(n, H, W)``, scores ``(n,)`` or None) from whatever the model returned."""
+        score = None
+        if isinstance(raw, dict):
+            map_key = next((k for k in _MAP_KEYS if k in raw), None)
+            if map_key is None:
+                raise self._error(ids, f"output dict has keys {sorted(raw)}", f"a dict output needs a map under one of {_MAP_KEYS}")
+            score_key = next((k for k in _SCORE_KEYS if k in raw), None)
+            maps, score = raw[map_key], (raw[score_key] if score_key else None)
+        elif isinstance(raw, (tuple, list)):
+            if not 1 <= len(raw) <= 2:
+                raise self._error(ids, f"output is a sequence of {len(raw)}", "a model returns a map or (map, score)")
+            maps = raw[0]
+            score = raw[1] if len(raw) == 2 else None
+        else:
+            maps = raw
+        maps = np.asarray(maps)
+        if maps.ndim == 4 and maps.shape[1] == 1:
+            maps = maps[:, 0]
+        if maps.ndim != 3 or maps.shape[0] != n:
+            raise self._error(
+                ids,
+                f"map output has shape {tuple(maps.shape)} for a batch of {n}",
+                "map output must be (B, 1, H, W) or (B, H, W)",
+            )
+        if score is not None:
+            score = np.asarray(score)
+            if score.ndim == 2 and score.shape[1] == 1:
+                score = score[:, 0]
+            if score.shape != (n,):
+                raise self._error(
+                    ids,
+                    f"score output has shape {tuple(score.shape)} for a batch of {n}",
+                    "score output must be (B,) or (B, 1)",
+                )
+        return maps, score
+
+    def _error(self, ids: Sequence[str] | None, problem: str, rule: str) -> LocalizerError:
+        return _fail(self.name, f"batch{_id_list(ids)}", problem, rule)
+
+    def _forward(self, batch: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> LocalizerOutput:
+        prepared = self._prepare(images, ids)
+        maps: list[np.ndarray | None] = [None] * len(prepared)
+        scores: list[float] | None = []
+        for group in self._groups(prepared):
+            group_ids = [ids[i] for i in group] if ids is not None else None
+            batch = self._to_batch([prepared[i] for i in group])
+            try:
+                raw = self._forward(batch)
+            except LocalizerError:
+                raise
+            except Exception as exc:
+                raise self._error(
+                    group_ids or [f"#{i}" for i in group],
+                    f"the model raised {type(exc).__name__}: {exc}",
+                    "the model must run on a (B, 3, H, W) float batch",
+                ) from exc
+            group_maps, group_scores = self._split(raw, len(group), group_ids)
+            for j, i in enumerate(group):
+                maps[i] = group_maps[j]
+            if group_scores is None:
+                scores = None
+            elif scores is not None:
+                scores.extend(float(s) for s in group_scores)
+        output = LocalizerOutput(maps=maps, scores=scores if scores else None)  # type: ignore[arg-type]
+        return check_output(output, ids, [im.shape for im in prepared], name=self.name)
+
+
+class TorchScriptLocalizer(_ArrayModelLocalizer):
+    """A TorchScript file saved with ``torch.jit.script(m).save(p)`` or ``torch.jit.trace``.
+
+    TorchScript rather than a pickled ``nn.Module`` because it loads without the author's code,
+    which is exactly what a third party can hand over. The model takes a float ``(B, 3, H, W)``
+    batch (scaled to [0, 1], then ``(x - mean) / std`` if those options are given) and returns
+    maps already in [0, 1]: ``(B, 1, H, W)`` or ``(B, H, W)``, or ``(map, score)``, or a dict
+    with ``"map"`` and optionally ``"score"``.
+
+    Options: ``input_size`` (square side; default native size), ``mean``/``std``
+    (``"0.485,0.456,0.406"``), ``batch`` (largest chunk fed at once; 0 = the whole batch), ``name``.
+    """
+
+    name = "torchscript"  # type: ignore[misc]
+    kind = "torchscript"
+
+    def __init__(self, path: str | Path, device: str = "cpu", **options: Any) -> None:
+        super().__init__(path, device=device, **options)
+        import torch
+
+        try:
+            with warnings.catch_warnings():
+                # torch>=2.9 deprecates TorchScript; loading an existing file is still the point.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = torch.jit.load(str(self.path), map_location=device)
+        except Exception as exc:
+            raise LocalizerLoadError(
+                f"cannot load {str(self.path)!r} as TorchScript: {str(exc).splitlines()[0]}."
+                " Save the model with torch.jit.script(model).save(path) (or torch.jit.trace);"
+                " a plain state_dict needs its model code: wrap it in a Localizer class and"
+                " pass 'module.path:ClassName'."
+            ) from exc
+        self.model.eval()
+
+    def _forward(self, batch: np.ndarray) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            raw = self.model(torch.from_numpy(batch).to(self.device))
+        return _torch_to_numpy(raw)
+
+
+def _torch_to_numpy(raw: Any) -> Any:
+    import torch
+
+    if isinstance(raw, torch.Tensor):
+        return raw.detach().float().cpu().numpy()
+    if isinstance(raw, dict):
+        return {k: _torch_to_numpy(v) for k, v in raw.items()}
+    if isinstance(raw, (tuple, list)):
+        return type(raw)(_torch_to_numpy(v) for v in raw)
+    return raw
+
+
+class ONNXLocalizer(_ArrayModelLocalizer):
+    """An ONNX file run with onnxruntime; same input/output conventions as TorchScript.
+
+    ONNX is the framework-neutral door (TensorFlow, JAX and PaddlePaddle models export to it).
+    The input name is read from the session. If the file fixes the spatial size of its input
+    and no ``input_size`` is given, that size is used, and a fixed batch dimension of 1 sets
+    ``batch=1``, so such exports work without options. Two outputs are (map, score) unless
+    their names say otherwise (``map``/``score``). Extra option: ``threads`` (intra-op threads;
+    0 = onnxruntime's default).
+    """
+
+    name = "onnx"  # type: ignore[misc]
+    kind = "onnx"
+    _options = _ArrayModelLocalizer._options + ("threads",)
+
+    def __init__(self, path: str | Path, device: str = "cpu", **options: Any) -> None:
+        super().__init__(path, device=device, **options)
+        import onnxruntime as ort
+
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                device_id = int(device.partition(":")[2] or 0)
+                providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            else:
+                warnings.warn(
+                    f"device {device!r} asked for, but this onnxruntime has no CUDA provider;"
+                    " running the ONNX model on CPU",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        so = ort.SessionOptions()
+        threads = _as_int("threads", options.get("threads", 0))
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as exc:
+            raise LocalizerLoadError(f"cannot load {str(self.path)!r} as ONNX: {exc}") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise LocalizerLoadError(
+                f"{self.path.name}: the model has {len(inputs)} inputs"
+                f" ({', '.join(i.name for i in inputs)}); expected one (B, 3, H, W) image input"
+            )
+        self.input_name = inputs[0].name
+        shape = list(inputs[0].shape)
+        if len(shape) == 4:
+            if self.input_size is None and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+                if shape[2] != shape[3]:
+                    raise LocalizerLoadError(
+                        f"{self.path.name}: fixed input {shape[2]}x{shape[3]} is not square;"
+                        " export with dynamic height/width axes"
+                    )
+                self.input_size = shape[2]  # type: ignore[misc]
+            if shape[0] == 1 and not self.batch:
+                self.batch = 1
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = self.session.get_providers()
+
+    def identity(self) -> dict[str, Any]:
+        info = super().identity()
+        info["provider"] = self.providers[0] if self.providers else None
+        return info
+
+    def _forward(self, batch: np.ndarray) -> Any:
+        outputs = self.session.run(None, {self.input_name: batch})
+        names = [n.lower() for n in self.output_names]
+        if len(outputs) == 2 and any(n in _SCORE_KEYS for n in names) and any(n in _MAP_KEYS for n in names):
+            return dict(zip(names, outputs))
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def _instantiate(factory: Any, spec: str, kind: str, device: str, options: dict[str, Any]) -> Localizer:
+    if isinstance(factory, type) and not issubclass(factory, Localizer):
+        raise LocalizerLoadError(
+            f"{spec!r} is the class {factory.__module__}.{factory.__qualname__}, which is not a"
+            " subclass of dolos_bench.eval.api.Localizer"
+        )
+    if not callable(factory):
+        raise LocalizerLoadError(f"{spec!r} is a {type(factory).__name__}, not a Localizer class or factory")
+    try:
+        localizer = factory(device=device, **options)
+    except TypeError as exc:
+        raise LocalizerLoadError(f"cannot build {spec!r} with device={device!r} and options {options}: {exc}") from exc
+    if not isinstance(localizer, Localizer):
+        raise LocalizerLoadError(
+            f"{spec!r} returned a {type(localizer).__name__}, not a dolos_bench.eval.api.Localizer"
+        )
+    _stamp_identity(localizer, kind=kind, path=spec)
+    return localizer
+
+
+def _stamp_identity(localizer: Localizer, *, kind: str, path: str) -> None:
+    """Give a plug-in's own ``identity()`` the fields every results file needs.
+
+    The plug-in's answer wins for anything it sets (it may know its weights' hash); we only add
+    ``name``, ``kind``, ``path`` and ``weights_sha256`` where missing. Done by shadowing the
+    bound method on the instance, not by wrapping the object, so ``isinstance`` checks and
+    attribute access (``input_size``, ``mean``) on the localizer are untouched.
+    """
+    base = localizer.identity
+
+    def identity() -> dict[str, Any]:
+        info = dict(base())
+        info.setdefault("name", getattr(localizer, "name", type(localizer).__name__))
+        info["kind"] = kind
+        info.setdefault("path", path)
+        info.setdefault("weights_sha256", None)
+        return info
+
+    try:
+        localizer.identity = identity  # type: ignore[method-assign]
+    except AttributeError:  # __slots__ without __dict__: leave the plug-in's identity as is
+        pass
+
+
+def load_localizer(
+    spec: str | Path, *, device: str = "cpu", options: Mapping[str, Any] | None = None
+) -> Localizer:
+    """Build the localizer that ``spec`` names (file, folder/archive, ``module:Class`` or name).
+
+    ``options`` are the parsed ``--model-arg`` values, passed to the adapter or class as keyword
+    arguments. Unknown registry names raise :class:`~dolos_bench.registry.UnknownNameError`
+    with did-you-mean suggestions.
+    """
+    opts = dict(options or {})
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_file() and _has_suffix(path, TORCHSCRIPT_SUFFIXES):
+        return TorchScriptLocalizer(path, device=device, **opts)
+    if path.is_file() and _has_suffix(path, ONNX_SUFFIXES):
+        return ONNXLocalizer(path, device=device, **opts)
+    if path.is_dir() or (path.is_file() and _has_suffix(path, ARCHIVE_SUFFIXES)):
+        from dolos_bench.eval.predictions import PredictionsLocalizer
+
+        return PredictionsLocalizer(path, device=device, **opts)
+    if path.is_file():
+        raise LocalizerLoadError(
+            f"{text!r} is a file but not a model or predictions archive; expected one of"
+            f" {', '.join(TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES + ARCHIVE_SUFFIXES)}"
+        )
+    if _has_suffix(path, TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES + ARCHIVE_SUFFIXES) or "/" in text and ":" not in text:
+        raise LocalizerLoadError(f"{text!r} looks like a path, but no such file or folder exists")
+    if ":" in text:
+        factory: Callable[..., Any] = import_target(text)  # type: ignore[assignment]
+        return _instantiate(factory, text, "class", device, opts)
+    factory = LOCALIZERS.get(text)  # UnknownNameError with did-you-mean for typos
+    return _instantiate(factory, text, "registry", device, opts)

@@ -1,0 +1,388 @@
+"""The versioned results file: what ``bench eval`` / ``bench stress`` write and the leaderboard reads.
+
+One JSON document per (model, dataset split, protocol) run. The schema is strict
+(``extra="forbid"``) so that a typo in a writer fails loudly instead of producing a file that the
+leaderboard silently misreads; free-form content goes into the few dicts meant for it
+(``model.options``, ``protocol.details``, ``info``, extra ``counts``, perturbation parameters).
+
+Writers save a file with ``complete=False`` first (so a crash leaves a file that readers refuse
+rather than a half-computed score that looks final), then overwrite it with ``complete=True``.
+Every write is atomic (temporary file + :func:`os.replace`), so a reader never sees a torn file.
+
+Bump :data:`SCHEMA_VERSION` on any change a reader must know about; the golden test
+(``tests/golden/results_v1.json``) is there to make such changes deliberate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = "1.0"
+"""Version written into every results file; readers refuse any other."""
+
+SUPPORTED_VERSIONS = (SCHEMA_VERSION,)
+
+ModelKind = Literal["registry", "class", "torchscript", "onnx", "predictions"]
+BreakdownKey = Literal["generator", "parts", "perturbation", "source"]
+ResizeMode = Literal["bilinear", "bicubic"]
+
+_HEX64 = r"^[0-9a-f]{64}$"
+
+DEFAULT_PACKAGES: tuple[str, ...] = (
+    "dolos-bench",
+    "numpy",
+    "pillow",
+    "datasets",
+    "opencv-python-headless",
+    "scipy",
+    "torch",
+    "onnxruntime",
+)
+"""Packages whose versions change scores enough to be worth recording in provenance."""
+
+
+class ResultsError(ValueError):
+    """A results file cannot be used; the message names the file and what to do."""
+
+
+class SchemaVersionError(ResultsError):
+    """The file was written by a schema version this reader does not understand."""
+
+
+class IncompleteResultsError(ResultsError):
+    """The file is marked ``complete: false``: its writer was interrupted or is still running."""
+
+
+class _Strict(BaseModel):
+    """Base of every schema model: unknown keys are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Metric(_Strict):
+    """One metric value with its 95% confidence interval and the number of units it averages.
+
+    ``value`` is ``None`` when the metric is undefined (e.g. an AUC over one class); non-finite
+    floats are stored as ``None`` too, because JSON has no NaN and a reader should not have to
+    guess what a NaN meant.
+    """
+
+    value: float | None
+    ci95: tuple[float, float] | None = None
+    n: int = Field(ge=0)
+
+    @field_validator("value", mode="after")
+    @classmethod
+    def _finite_or_none(cls, v: float | None) -> float | None:
+        return v if v is None or math.isfinite(v) else None
+
+    @field_validator("ci95", mode="after")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is None:
+            return None
+        lo, hi = v
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        if lo > hi:
+            raise ValueError(f"ci95 lower bound {lo} is above the upper bound {hi}")
+        return v
+
+
+Metrics = dict[str, Metric]
+"""Metric name (e.g. ``pixel/iou@0.5/mean-of-images/fakes``) to value."""
+
+
+class ModelInfo(_Strict):
+    """Which localizer was scored; ``weights_sha256`` ties the score to exact weights."""
+
+    id: str = Field(min_length=1)
+    kind: ModelKind
+    path: str | None = None
+    weights_sha256: str | None = Field(default=None, pattern=_HEX64)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetInfo(_Strict):
+    """Which data it was scored on; ``fingerprint`` (sha256 hex) identifies the exact bytes."""
+
+    path: str = Field(min_length=1)
+    fingerprint: str = Field(pattern=_HEX64)
+    split: str = Field(min_length=1)
+    recipe: str | None = None
+    num_samples: int = Field(ge=0)
+
+
+class ProtocolInfo(_Strict):
+    """The scoring choices; two results are only comparable if their protocols match."""
+
+    name: str = Field(min_length=1)
+    threshold: float
+    resize: ResizeMode = "bilinear"
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Counts(BaseModel):
+    """Sample counts; writers may add more integer counts (e.g. ``skipped``, ``failed``)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, int] = Field(init=False)  # type: ignore[assignment]
+
+    samples: int = Field(ge=0)
+    real: int = Field(ge=0)
+    fake: int = Field(ge=0)
+
+
+class Provenance(_Strict):
+    """Everything needed to tell how a number was produced and to reproduce it."""
+
+    package_versions: dict[str, str] = Field(default_factory=dict)
+    git_revision: str | None = None
+    seeds: dict[str, int] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    created: str
+    command: str
+
+    @field_validator("created")
+    @classmethod
+    def _iso_utc(cls, v: str) -> str:
+        # fromisoformat accepts "Z" only from Python 3.11; normalise so 3.10 reads the same files.
+        try:
+            dt = datetime.fromisoformat(v[:-1] + "+00:00" if v.endswith("Z") else v)
+        except ValueError as exc:
+            raise ValueError(f"created must be an ISO 8601 timestamp, got {v!r}") from exc
+        if dt.utcoffset() is None or dt.utcoffset().total_seconds() != 0:  # type: ignore[union-attr]
+            raise ValueError(f"created must be in UTC (e.g. '2024-05-01T12:00:00Z'), got {v!r}")
+        return v
+
+
+class PerturbationSpec(BaseModel):
+    """One step of a perturbation chain: ``{"name": "jpeg", "quality": 50}`` (flat params).
+
+    Same shape as the ``perturbations`` column of the dataset, so a grid entry can be replayed.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+
+
+class StressPoint(_Strict):
+    """The metrics at one (perturbation, severity) cell of a stress grid."""
+
+    perturbation: str = Field(min_length=1)
+    severity: float | str
+    spec: list[PerturbationSpec] = Field(default_factory=list)
+    metrics: Metrics = Field(default_factory=dict)
+
+
+class StressSummary(BaseModel):
+    """Per-perturbation summary; ``None`` where undefined (e.g. a clean score of 0)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float | None] = Field(init=False)  # type: ignore[assignment]
+
+    relative_drop: float | None = None
+    area_under_curve: float | None = None
+
+
+class StressInfo(_Strict):
+    """A robustness sweep: ``metric`` is the y axis of the curves drawn from ``grid``."""
+
+    suite: str = Field(min_length=1)
+    metric: str = Field(min_length=1)
+    grid: list[StressPoint] = Field(default_factory=list)
+    summary: dict[str, StressSummary] = Field(default_factory=dict)
+
+
+class Results(_Strict):
+    """A whole results file."""
+
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    kind: Literal["eval", "stress"]
+    model: ModelInfo
+    dataset: DatasetInfo
+    protocol: ProtocolInfo
+    metrics: Metrics = Field(default_factory=dict)
+    breakdowns: dict[BreakdownKey, dict[str, Metrics]] = Field(default_factory=dict)
+    counts: Counts
+    complete: bool = False
+    provenance: Provenance
+    info: dict[str, Any] = Field(default_factory=dict)
+    stress: StressInfo | None = None
+
+    @model_validator(mode="after")
+    def _stress_matches_kind(self) -> "Results":
+        if self.kind == "stress" and self.stress is None:
+            raise ValueError("kind 'stress' needs a 'stress' section")
+        if self.kind == "eval" and self.stress is not None:
+            raise ValueError("kind 'eval' must not carry a 'stress' section (use kind 'stress')")
+        return self
+
+    def to_json(self) -> str:
+        """The canonical serialisation: 2-space indented, key order as declared, no NaN."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------- I/O
+
+
+def save_results(results: Results, path: str | os.PathLike[str]) -> Path:
+    """Write ``results`` to ``path`` atomically and return the path.
+
+    The JSON goes to a temporary file in the same directory (same filesystem, so
+    :func:`os.replace` is atomic), is fsynced, then renamed over ``path``. A crash leaves either
+    the old file or the new one, never a torn mix that a leaderboard would half-read.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = results.to_json()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def load_results(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> Results:
+    """Read and validate a results file.
+
+    Raises :class:`ResultsError` (a ``ValueError``) naming the file for unreadable or malformed
+    JSON and schema violations, :class:`SchemaVersionError` for a version this code does not
+    know, and :class:`IncompleteResultsError` for ``complete: false`` unless
+    ``allow_incomplete`` (for a writer resuming its own file).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read results file: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "the file may be truncated or not a results file"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise ResultsError(f"{path}: a results file is a JSON object, got {type(raw).__name__}")
+    version = raw.get("schema_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise SchemaVersionError(
+            f"{path}: unknown results schema_version {version!r}; this dolos-bench reads "
+            f"{', '.join(SUPPORTED_VERSIONS)}. Upgrade dolos-bench or re-run the evaluation."
+        )
+    try:
+        results = Results.model_validate(raw)
+    except ValidationError as exc:
+        raise ResultsError(f"{path}: invalid results file:\n{exc}") from exc
+    if not results.complete and not allow_incomplete:
+        raise IncompleteResultsError(
+            f"{path}: results file is incomplete (complete: false); its run was interrupted or is "
+            "still writing. Re-run or resume the evaluation before using it."
+        )
+    return results
+
+
+# -------------------------------------------------------------------------- provenance helpers
+
+
+def utc_now() -> str:
+    """The current time as ``YYYY-MM-DDTHH:MM:SSZ``, the form ``provenance.created`` expects."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def package_versions(names: Sequence[str] = DEFAULT_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names``; packages that are not installed are left out."""
+    versions: dict[str, str] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision(cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """The git commit of ``cwd`` (default: this package's checkout), ``None`` outside a repo.
+
+    A ``-dirty`` suffix marks uncommitted changes, which make the revision alone insufficient
+    to reproduce a run.
+    """
+    cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40", "--match=NO-TAGS"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def collect_provenance(
+    command: str,
+    *,
+    seeds: Mapping[str, int] | None = None,
+    timings: Mapping[str, float] | None = None,
+    packages: Sequence[str] = DEFAULT_PACKAGES,
+) -> Provenance:
+    """Provenance of the current process, for writers that do not want to assemble it by hand."""
+    return Provenance(
+        package_versions=package_versions(packages),
+        git_revision=git_revision(),
+        seeds=dict(seeds or {}),
+        timings=dict(timings or {}),
+        created=utc_now(),
+        command=command,
+    )
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SUPPORTED_VERSIONS",
+    "ResultsError",
+    "SchemaVersionError",
+    "IncompleteResultsError",
+    "Metric",
+    "Metrics",
+    "ModelInfo",
+    "DatasetInfo",
+    "ProtocolInfo",
+    "Counts",
+    "Provenance",
+    "PerturbationSpec",
+    "StressPoint",
+    "StressSummary",
+    "StressInfo",
+    "Results",
+    "save_results",
+    "load_results",
+    "utc_now",
+    "package_versions",
+    "git_revision",
+    "collect_provenance",
+]
