@@ -86,7 +86,6 @@ def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overw
     from .data.dataset_io import BuildFolderError
 
     r = _load(recipe, overrides)
-    text = Path(recipe).read_text()
     with progress_bar(f"build {r.name}", quiet=quiet) as bar:
         task = bar.add_task(f"build {r.name}", total=None, rate="")
         state = {"t0": None, "d0": 0}
@@ -102,8 +101,7 @@ def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overw
             bar.update(task, completed=done, total=total, rate=f"{rate:5.1f} samples/s")
 
         try:
-            result = run_build(r, Path(out), workers=workers, overwrite=overwrite, progress=report,
-                               recipe_text=text)
+            result = run_build(r, Path(out), workers=workers, overwrite=overwrite, progress=report)
         except BuildFolderError as exc:
             fail(str(exc))
     counts = result.counts

@@ -60,8 +60,6 @@ def build_manifest(
     plan: "Plan",
     shards: list[ShardRecord],
     skipped: list[dict[str, str]],
-    *,
-    recipe_text: str | None = None,
 ) -> dict[str, Any]:
     from .pipeline import summarize_skips
 
@@ -77,7 +75,6 @@ def build_manifest(
         "name": recipe.name,
         "recipe": recipe.model_dump(mode="json"),
         "recipe_sha256": recipe.sha256(),
-        "recipe_text": recipe_text,
         "packages": package_versions(),
         "mask_polarity": "255 = forged, 0 = pristine; reals carry an all-zero mask",
         "sources": [

@@ -271,7 +271,6 @@ def run_build(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    recipe_text: str | None = None,
     stop_after_shards: int | None = None,
 ) -> BuildReport:
     """Build (or resume) the dataset of ``recipe`` into ``out``.
@@ -329,7 +328,7 @@ def run_build(
 
     shard_records = [records[name] for name, _, _ in plan.shards]
     skipped = plan.skipped + [s for r in shard_records for s in r.skipped]
-    manifest = build_manifest(recipe, plan, shard_records, skipped, recipe_text=recipe_text)
+    manifest = build_manifest(recipe, plan, shard_records, skipped)
     folder.finish(manifest, build_card(recipe, manifest))
     return BuildReport(out, shard_records, skipped, manifest["counts"], time.perf_counter() - start, resumed)
 

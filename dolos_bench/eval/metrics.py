@@ -609,6 +609,11 @@ class MetricState:
         out["hash"] = h[order]
         return out
 
+    def image_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(image scores, labels as bool) in canonical order, for protocol-specific numbers."""
+        tab = self._table()
+        return tab["score"], tab["label"].astype(bool)
+
     def _pool_counts(self, keys: Sequence[tuple[str, str, str]]) -> tuple[np.ndarray, np.ndarray] | None:
         """Summed (pos, neg) counts per ascending score group over the given pool keys."""
         present = [self._pool[k] for k in keys if k in self._pool]

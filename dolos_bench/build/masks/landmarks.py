@@ -197,17 +197,18 @@ class LandmarkMasker(Masker):
         self.forehead = float(check_number(owner, "forehead", forehead, lo=0.0, hi=2.0))
         self.min_area, self.max_area = check_area_bounds(owner, min_area, max_area)
         self.upsample = int(check_number(owner, "upsample", upsample, integer=True, lo=0, hi=4))
+        # Fail at recipe validation, not at the first sample.
+        if importlib.util.find_spec("dlib") is None:
+            raise ImportError(
+                f"{owner} needs dlib: pip install 'dolos-bench[faces]' (the dlib-bin wheel)"
+            )
         if predictor_path is not None:
             if not isinstance(predictor_path, (str, Path)) or not Path(predictor_path).is_file():
                 raise ValueError(f"{owner}: predictor_path {predictor_path!r} is not a file")
             self.predictor_path: str | None = str(predictor_path)
         else:
             self.predictor_path = None
-            predictor_file()  # fail at recipe validation, not at the first sample
-        if importlib.util.find_spec("dlib") is None:
-            raise ImportError(
-                f"{owner} needs dlib: pip install 'dolos-bench[faces]' (the dlib-bin wheel)"
-            )
+            predictor_file()
 
     def config(self) -> dict[str, Any]:
         return {
