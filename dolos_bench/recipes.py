@@ -219,7 +219,7 @@ def _unknown_keys(data: Any, model: type[BaseModel], path: str) -> list[tuple[st
     return problems
 
 
-def _stage_problems(spec: StageSpec, registry: Registry, path: str, reserved: set[str]) -> list[tuple[str, str]]:
+def _stage_problems(spec: StageSpec, registry: Registry, path: str) -> list[tuple[str, str]]:
     """Check a stage's type and constructor arguments by building it (cheap: heavy loads are lazy)."""
     try:
         factory = registry.get(spec.type)
@@ -227,7 +227,7 @@ def _stage_problems(spec: StageSpec, registry: Registry, path: str, reserved: se
         return [(f"{path}.type", str(exc))]
     except ImportError as exc:
         return [(f"{path}.type", f"{registry.kind} {spec.type!r} cannot be loaded: {exc}")]
-    params = {k: v for k, v in spec.params.items() if k not in reserved}
+    params = spec.params
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -265,20 +265,28 @@ def validate_recipe_data(data: Any, origin: str = "recipe") -> Recipe:
             loc = ".".join(str(p) for p in err["loc"])
             message = err["msg"].removeprefix("Value error, ")
             problems.append((loc, message))
-    if recipe is not None:
-        for i, spec in enumerate(recipe.sources):
-            problems += _stage_problems(spec, SOURCES, f"sources.{i}", {"name"})
-        for i, spec in enumerate(recipe.maskers):
-            problems += _stage_problems(spec, MASKERS, f"maskers.{i}", {"weight", "name"})
-        for i, spec in enumerate(recipe.generators):
-            problems += _stage_problems(spec, GENERATORS, f"generators.{i}", {"weight", "name"})
-        from .build.perturb import parse_chain
-
-        for i, chain in enumerate(recipe.perturbations.chains):
+    # Stages are checked even when the rest of the recipe is broken: report everything at once.
+    for key, spec_model, registry in (
+        ("sources", SourceSpec, SOURCES),
+        ("maskers", WeightedSpec, MASKERS),
+        ("generators", WeightedSpec, GENERATORS),
+    ):
+        items = data.get(key)
+        for i, item in enumerate(items if isinstance(items, list) else []):
             try:
-                parse_chain(chain)
-            except (KeyError, ValueError, TypeError) as exc:
-                problems.append((f"perturbations.chains.{i}", str(exc)))
+                spec = spec_model.model_validate(item)
+            except ValidationError:
+                continue  # already reported by the recipe-level validation
+            problems += _stage_problems(spec, registry, f"{key}.{i}")
+    from .build.perturb import parse_chain
+
+    perturbations = data.get("perturbations")
+    chains = perturbations.get("chains") if isinstance(perturbations, dict) else None
+    for i, chain in enumerate(chains if isinstance(chains, list) else []):
+        try:
+            parse_chain(chain)
+        except (KeyError, ValueError, TypeError) as exc:
+            problems.append((f"perturbations.chains.{i}", str(exc)))
     if problems:
         raise RecipeError(problems, origin)
     assert recipe is not None

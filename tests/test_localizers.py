@@ -374,6 +374,7 @@ def test_registered_baselines_via_entry_points() -> None:
 
     ela = load_localizer("ela", options={"quality": 80})
     assert isinstance(ela, ELALocalizer) and ela.identity()["kind"] == "registry"
+    assert ela.identity()["path"] == "dolos_baselines.ela:ELALocalizer"
     assert ela.identity()["options"]["quality"] == 80
     noise = load_localizer("noise")
     assert isinstance(noise, NoiseLocalizer) and noise.identity()["name"] == "noise"

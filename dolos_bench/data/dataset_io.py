@@ -203,7 +203,7 @@ def verify_shards(root: Path) -> list[str]:
     if not manifest.get("complete"):
         problems.append("the manifest says the build is incomplete")
     for shard in manifest.get("shards", []):
-        path = folder.data / shard["file"]
+        path = folder.root / shard["file"]
         if not path.exists():
             problems.append(f"missing shard {shard['file']}")
         elif sha256_file(path) != shard["sha256"]:

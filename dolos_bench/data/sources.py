@@ -134,6 +134,11 @@ class HFSource(Source):
         super().__init__(licence)
         self.path, self.split, self.revision = path, split, revision
         self.image_column, self.id_column = image_column, id_column
+        dataset = self._dataset()  # fail at validation time, not halfway through a build
+        if id_column is not None and id_column not in dataset.column_names:
+            raise ValueError(
+                f"hf source: no id column {id_column!r}; columns: {', '.join(dataset.column_names)}"
+            )
 
     def _dataset(self):
         return _load_hf(self.path, self.split, self.revision, self.image_column)
@@ -141,10 +146,6 @@ class HFSource(Source):
     def items(self) -> Iterator[SourceItem]:
         ds = self._dataset()
         if self.id_column is not None:
-            if self.id_column not in ds.column_names:
-                raise ValueError(
-                    f"hf source: no id column {self.id_column!r}; columns: {', '.join(ds.column_names)}"
-                )
             ids = [slugify(str(v)) for v in ds[self.id_column]]
         else:
             width = max(6, len(str(len(ds))))

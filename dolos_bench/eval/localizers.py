@@ -673,10 +673,13 @@ def load_localizer(
             f"{text!r} is a file but not a model or predictions archive; expected one of"
             f" {', '.join(TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES + ARCHIVE_SUFFIXES)}"
         )
-    if _has_suffix(path, TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES + ARCHIVE_SUFFIXES) or "/" in text and ":" not in text:
+    if _has_suffix(path, TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES + ARCHIVE_SUFFIXES) or (
+        "/" in text and ":" not in text
+    ):
         raise LocalizerLoadError(f"{text!r} looks like a path, but no such file or folder exists")
     if ":" in text:
         factory: Callable[..., Any] = import_target(text)  # type: ignore[assignment]
         return _instantiate(factory, text, "class", device, opts)
     factory = LOCALIZERS.get(text)  # UnknownNameError with did-you-mean for typos
-    return _instantiate(factory, text, "registry", device, opts)
+    target = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', text)}"
+    return _instantiate(factory, target, "registry", device, opts)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from markupsafe import Markup
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 import dolos_bench
@@ -464,6 +465,7 @@ def render_html(
         data_json=_script_json(payload),
         version=dolos_bench.__version__,
         json_dumps=lambda v: json.dumps(v, sort_keys=True),
+        slash_break=Markup("/<wbr>"),  # lets long metric names wrap at their slashes
     )
 
 
