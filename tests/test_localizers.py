@@ -256,6 +256,9 @@ def test_torchscript_load_errors(tmp_path: Path) -> None:
         load_localizer(model, options={"input_sise": 3})
     with pytest.raises(LocalizerLoadError, match=r"mean=.*three"):
         load_localizer(model, options={"mean": "1,2", "std": "1,1,1"})
+    if not torch.cuda.is_available():
+        with pytest.raises(LocalizerLoadError, match=r"device 'cuda' asked for.*no CUDA"):
+            load_localizer(model, device="cuda")
     with pytest.raises(LocalizerLoadError, match=r"no such file"):
         load_localizer(tmp_path / "missing.pt")
     weird = tmp_path / "weights.bin"

@@ -245,7 +245,10 @@ def _outcomes(recipe: Recipe, samples: list[PlannedSample], workers: int) -> Ite
         for sample in samples:
             yield maker.make(sample)
         return
-    context = multiprocessing.get_context("spawn")  # no fork: safe beside threads (progress bar)
+    # forkserver: workers fork from a clean server that imported the pipeline once, not from
+    # this process and its threads (progress bar), and without spawn's per-worker imports.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dolos_bench.build.pipeline"])
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(recipe.model_dump_json(),)) as pool:
         yield from pool.map(_make_in_worker, samples, chunksize=2)

@@ -3,7 +3,7 @@
 The output folder is a Hugging Face dataset repository as it stands::
 
     DIR/
-      data/<split>-XXXXX-of-YYYYY.parquet   shards with `datasets` Features (schema.FEATURES)
+      data/<split>-XXXXX-of-YYYYY.parquet   shards with `datasets` Features (schema.features())
       README.md                              dataset card (YAML metadata + how it was built)
       manifest.json                          recipe, versions, shard hashes, counts, skips
       .dolos-build/                          resume state; removed when the build completes
@@ -25,11 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import COLUMNS, FEATURES
+from .schema import COLUMNS, features
 
 STATE_DIR = ".dolos-build"
 MANIFEST = "manifest.json"
@@ -87,10 +86,8 @@ class ShardRecord:
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """An Arrow table with the dataset Features embedded, so ``load_dataset`` restores them."""
     columns = {name: [row[name] for row in rows] for name in COLUMNS}
-    encoded = FEATURES.encode_batch(columns)
-    schema = FEATURES.arrow_schema
-    table = pa.Table.from_pydict(encoded, schema=schema)
-    return table
+    feats = features()
+    return pa.Table.from_pydict(feats.encode_batch(columns), schema=feats.arrow_schema)
 
 
 class DatasetFolder:
@@ -210,7 +207,3 @@ def verify_shards(root: Path) -> list[str]:
             problems.append(f"shard {shard['file']} does not match its sha256 in the manifest")
     return problems
 
-
-def load_split(root: Path | str, split: str) -> datasets.Dataset:
-    """Load one split of a dataset folder (or hub id) with ``datasets``; offline for folders."""
-    return datasets.load_dataset(str(root), split=split)

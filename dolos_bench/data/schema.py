@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
-import datasets
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datasets
 
 MASK_FORGED = 255
 MASK_PRISTINE = 0
@@ -18,22 +22,33 @@ LABEL_NAMES = ["real", "fake"]
 REAL, FAKE = 0, 1
 SPLITS = ("train", "validation", "test")
 
-FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "mask": datasets.Image(),
-        "label": datasets.ClassLabel(names=LABEL_NAMES),
-        "source": datasets.Value("string"),
-        "source_id": datasets.Value("string"),
-        "generator": datasets.Value("string"),  # "real" for pass-through reals
-        "generator_config": datasets.Value("string"),  # JSON
-        "masker": datasets.Value("string"),  # "" for reals
-        "parts": datasets.Sequence(datasets.Value("string")),
-        "perturbations": datasets.Value("string"),  # JSON list of {"name": ..., params}
-        "seed": datasets.Value("int64"),
-        "split": datasets.Value("string"),
-    }
-)
+COLUMNS = [
+    "id", "image", "mask", "label", "source", "source_id", "generator", "generator_config",
+    "masker", "parts", "perturbations", "seed", "split",
+]
 
-COLUMNS = list(FEATURES)
+
+@lru_cache(maxsize=1)
+def features() -> "datasets.Features":
+    """The `datasets` Features of a shard (built lazily: build workers never import `datasets`)."""
+    import datasets
+
+    feats = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "label": datasets.ClassLabel(names=LABEL_NAMES),
+            "source": datasets.Value("string"),
+            "source_id": datasets.Value("string"),
+            "generator": datasets.Value("string"),  # "real" for pass-through reals
+            "generator_config": datasets.Value("string"),  # JSON
+            "masker": datasets.Value("string"),  # "" for reals
+            "parts": datasets.Sequence(datasets.Value("string")),
+            "perturbations": datasets.Value("string"),  # JSON list of {"name": ..., params}
+            "seed": datasets.Value("int64"),
+            "split": datasets.Value("string"),
+        }
+    )
+    assert list(feats) == COLUMNS
+    return feats

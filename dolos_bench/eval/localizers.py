@@ -488,6 +488,10 @@ class TorchScriptLocalizer(_ArrayModelLocalizer):
         super().__init__(path, device=device, **options)
         import torch
 
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise LocalizerLoadError(
+                f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU"
+            )
         try:
             with warnings.catch_warnings():
                 # torch>=2.9 deprecates TorchScript; loading an existing file is still the point.

@@ -156,7 +156,7 @@ def resize_map(score_map: np.ndarray, size: tuple[int, int], interpolation: str 
             "pil-bicubic": Image.Resampling.BICUBIC,
             "pil-bilinear": Image.Resampling.BILINEAR,
         }[interpolation]
-        out = np.asarray(Image.fromarray(m).resize((w, h), resample), dtype=np.float32)
+        out = np.array(Image.fromarray(m).resize((w, h), resample), dtype=np.float32)
     else:
         flag = {
             "nearest": cv2.INTER_NEAREST,
