@@ -14,11 +14,14 @@ by a hash of the sample id, before anything order-dependent is computed).
 One sort per image does the work
 --------------------------------
 Each map is turned into ``uint32`` keys ``(float32 bits << 1) | mask`` and sorted once (non-negative
-float32 bit patterns order like the floats; 1.0 fits in 30 bits). From the sorted keys and a
-cumulative count of forged pixels every per-image quantity is a ``searchsorted`` or a vector
-pass: confusion counts at the threshold, the exact per-image ROC-AUC / AP / best F1 (tied scores
-grouped as sklearn groups them), and the image's histogram for the pooled metrics. This is
-10-20x cheaper than ``np.bincount`` over ``floor(score * bins)`` and ~100x cheaper than sklearn.
+float32 bit patterns order like the floats; 1.0 fits in 30 bits). From the sorted keys and the
+sorted positions of the forged pixels, every per-image quantity is a ``searchsorted`` or a short
+vector pass over the forged pixels: confusion counts at the threshold, the exact per-image
+ROC-AUC / AP / best F1 (tied scores grouped as sklearn groups them, see ``_curve_metrics``), and
+the image's histogram for the pooled metrics (one search of the bin edges; at 256^2 the sort costs
+0.2 ms where ``np.bincount(floor(score * bins))`` costs 0.8 ms). The whole default metric set runs
+~100x (256^2) to ~250x (1024^2) faster than per-image sklearn calls
+(``benchmarks/metrics_throughput.py``).
 
 Conventions (they are also recorded in ``compute()["info"]``)
 -----------------------------------------------------------
@@ -42,6 +45,9 @@ Conventions (they are also recorded in ``compute()["info"]``)
   be misordered; reported as ``info["pooled_auc_error_bound"]``). With the default 10,000 bins
   every map quantized to 8 bits (k/255) lands one level per bin, so the result is exact.
   ``exact=True`` keeps (deduplicated) scores instead and reproduces sklearn to ~1e-12.
+  Measured on smooth float maps (200 images, 256^2): |binned - exact| is ~1e-8 for AUC and
+  ~1e-4 for AP at 10,000 bins (~1e-6 / ~1e-3 at 1,000 bins; 100,000 bins gains one AP decimal
+  for ~3x the update cost), hence the default.
 * Undefined values (e.g. AUC with one class, a mean over no images) are ``None`` with the reason
   in ``info["undefined"]``; the output never holds NaN.
 * Bootstrap: percentile 95% intervals, seeded per metric name so adding a metric does not shift
@@ -70,7 +76,6 @@ __all__ = [
 
 FORMAT = "dolos_bench.metric_state/1"
 _ONE_BITS = int(np.float32(1.0).view(np.uint32))
-_BIG = np.uint32(0xFFFFFFFF)
 
 EMPTY_RULE = (
     "per-image IoU/F1/precision/recall: a 0/0 ratio counts 1 when ground truth and prediction "
@@ -342,17 +347,13 @@ class MetricState:
         mb = mb.view(np.uint8) if mb.dtype == np.bool_ else (mb != 0).view(np.uint8)
         keys = np.sort((bits << np.uint32(1)) | mb)
         n = keys.size
-        n_pos = int(np.count_nonzero(mb))
-        if n_pos:
-            cpos = np.empty(n + 1, dtype=np.int64)
-            cpos[0] = 0
-            np.cumsum(keys & np.uint32(1), out=cpos[1:])
-        else:
-            cpos = None
+        # Positions of the forged pixels in score order: every count below is a search in it.
+        pidx = np.flatnonzero(keys & np.uint32(1))
+        n_pos = int(pidx.size)
 
         # Confusion counts at the threshold.
         below = int(np.searchsorted(keys, self._tkey))
-        pos_below = int(cpos[below]) if cpos is not None else 0
+        pos_below = int(np.searchsorted(pidx, below))
         tp = n_pos - pos_below
         pred_n = n - below
         fp = pred_n - tp
@@ -374,17 +375,10 @@ class MetricState:
         nan = math.nan
         vals = dict.fromkeys(_FLOAT_COLS, nan)
         vals["score"] = image_score
-        need_groups = self.exact or (label == 1 and 0 < n_pos < n)
-        groups = self._groups(keys, cpos) if need_groups else None
         if label == 1:
             vals.update(_ratio_metrics(tp, fp, fn, tn))
             if 0 < n_pos < n:
-                gbits, gpos, gneg = groups
-                auc, ap = auc_ap_from_counts(gpos, gneg)
-                vals["auc"], vals["ap"] = float(auc), float(ap)
-                tp_g = n_pos - (np.cumsum(gpos) - gpos)
-                fp_g = (n - n_pos) - (np.cumsum(gneg) - gneg)
-                vals["f1best"] = float(np.max(2.0 * tp_g / (tp_g + fp_g + n_pos)))
+                vals["auc"], vals["ap"], vals["f1best"] = _curve_metrics(keys, pidx)
             else:
                 # Empty mask: predicting nothing is perfect (empty rule). Full mask: the
                 # lowest threshold flags everything, F1 = 1.
@@ -412,15 +406,14 @@ class MetricState:
         pool_keys.append(("perturbation", str(perturbation), side))
         pool_keys.append(("source", str(source), side))
         if self.exact:
-            item = groups
+            item = self._groups(keys, pidx)
             for k in pool_keys:
                 self._pool.setdefault(k, []).append(item)
         else:
             pe = np.searchsorted(keys, self._edges)
             cnt = np.diff(pe, prepend=0, append=n)
-            if cpos is not None:
-                cp = cpos[pe]
-                hpos = np.diff(cp, prepend=0, append=n_pos)
+            if n_pos:
+                hpos = np.diff(np.searchsorted(pidx, pe), prepend=0, append=n_pos)
                 hneg = cnt - hpos
             else:
                 hpos = None
@@ -475,17 +468,14 @@ class MetricState:
         }
 
     @staticmethod
-    def _groups(keys: np.ndarray, cpos: np.ndarray | None):
+    def _groups(keys: np.ndarray, pidx: np.ndarray):
         """Distinct scores (float32 bits) with their forged/pristine pixel counts, ascending."""
         v = keys >> np.uint32(1)
         starts, ends = _group_sorted(v)
         gbits = v[starts]
         size = ends - starts
-        if cpos is None:
-            gpos = np.zeros(size.size, np.int64)
-        else:
-            gpos = cpos[ends] - cpos[starts]
-        return gbits, gpos, size - gpos
+        gpos = np.searchsorted(pidx, ends) - np.searchsorted(pidx, starts)
+        return gbits, gpos.astype(np.int64), (size - gpos).astype(np.int64)
 
     # ---------------------------------------------------------------- merge
     def merge(self, other: "MetricState") -> "MetricState":
@@ -813,6 +803,34 @@ class MetricState:
             put(target, prefix, f"image/accuracy@{t}/all", r["accuracy"], n, None, "no images")
             put(target, prefix, f"image/balanced-accuracy@{t}/all", r["balanced_accuracy"], n, None, one_class)
             put(target, prefix, "image/tpr@fpr0.05/all", r["tpr@fpr0.05"], n, None, one_class)
+
+
+def _curve_metrics(keys: np.ndarray, pidx: np.ndarray) -> tuple[float, float, float]:
+    """Exact per-image ROC-AUC, AP and best F1 from the sorted keys, visiting positives only.
+
+    For the forged pixel at sorted position ``i`` (the ``k``-th forged one), ``a`` is the start
+    of its group of tied scores (negatives sort first inside a group: their key's low bit is 0)
+    and ``c`` the number of forged pixels before ``a``. Then, summing over forged pixels,
+
+    * AUC numerator = sum of (pristine strictly below + half the tied pristine)
+      = 0.5 * sum((a - c) + (i - k)), since ``i - k`` pristine pixels precede ``i``;
+    * AP = mean of the precision at its group's threshold, (P - c) / (n - a);
+    * best F1 = max of 2 TP / (TP + FP + P) at those thresholds (F1 peaks where a threshold
+      just admits a group holding forged pixels).
+
+    These equal sklearn's tie handling exactly, in O(P log n) after the sort.
+    """
+    n = keys.size
+    npos = pidx.size
+    a = np.searchsorted(keys, keys[pidx] & np.uint32(0xFFFFFFFE))
+    c = np.searchsorted(pidx, a)
+    tp = (npos - c).astype(np.float64)
+    flagged = (n - a).astype(np.float64)
+    k_sum = npos * (npos - 1) / 2.0
+    auc = 0.5 * (float(a.sum()) - float(c.sum()) + float(pidx.sum()) - k_sum) / (npos * (n - npos))
+    ap = float(np.sum(tp / flagged)) / npos
+    f1best = float(np.max(2.0 * tp / (flagged + npos)))
+    return auc, ap, f1best
 
 
 def _ratio_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
