@@ -169,5 +169,21 @@ def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}")
 
 
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the site.")
+@click.option("--title", default="dolos-bench leaderboard", show_default=True)
+def leaderboard(results: tuple[str, ...], out: str, title: str) -> None:
+    """Turn results JSON files into leaderboard.md/.csv/.json and a static index.html."""
+    from .eval.results import ResultsError
+    from .report.leaderboard import build_leaderboard
+
+    try:
+        built = build_leaderboard([Path(r) for r in results], Path(out), title=title)
+    except ResultsError as exc:
+        fail(str(exc))
+    click.echo(f"leaderboard of {len(results)} result file(s) -> {out}/index.html, leaderboard.md, .csv, .json")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

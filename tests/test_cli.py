@@ -177,3 +177,15 @@ def test_dolos_source_and_hf_source(tmp_path):
                       sources=[{"type": "hf", "path": str(hf_dir), "image_column": "img"}])
     result = CliRunner().invoke(main, ["build", str(bad), "--out", str(tmp_path / "o2"), "--quiet"])
     assert result.exit_code == 2 and "sources.0" in result.output and "no column 'img'" in result.output
+
+
+def test_leaderboard_command(tmp_path):
+    fixtures = sorted((Path(__file__).parent / "data" / "results").glob("*.json"))
+    result = CliRunner().invoke(main, ["leaderboard", *map(str, fixtures), "--out", str(tmp_path / "site")])
+    assert result.exit_code == 0, result.output
+    for name in ("index.html", "leaderboard.md", "leaderboard.csv", "leaderboard.json"):
+        assert (tmp_path / "site" / name).stat().st_size > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = CliRunner().invoke(main, ["leaderboard", str(bad), "--out", str(tmp_path / "s2")])
+    assert result.exit_code == 2 and "bad.json" in result.output

@@ -1,0 +1,24 @@
+# Two set-up commands, each self-contained on a fresh machine (Python 3.11, pip):
+#   make quickstart   install into .venv, build the quickstart dataset
+#   make test         install into .venv (with test extras), run the test suite
+PY ?= python3
+VENV ?= .venv
+EXTRAS ?= sample,faces,eval,dev
+BIN = $(VENV)/bin
+
+$(BIN)/bench: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/bench
+
+quickstart: $(BIN)/bench
+	$(BIN)/bench validate recipes/build/quickstart.yaml
+	$(BIN)/bench build recipes/build/quickstart.yaml --out out/quickstart --overwrite
+
+test: $(BIN)/bench
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+
+.PHONY: install quickstart test
