@@ -17,6 +17,9 @@ install: $(BIN)/bench
 quickstart: $(BIN)/bench
 	$(BIN)/bench validate recipes/build/quickstart.yaml
 	$(BIN)/bench build recipes/build/quickstart.yaml --out out/quickstart --overwrite
+	$(BIN)/bench eval ela --data out/quickstart --split test --out out/results/ela.json
+	$(BIN)/bench eval noise --data out/quickstart --split test --out out/results/noise.json
+	$(BIN)/bench leaderboard out/results/ela.json out/results/noise.json --out out/site
 
 test: $(BIN)/bench
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest

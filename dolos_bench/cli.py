@@ -169,6 +169,48 @@ def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}")
 
 
+@main.command("eval")
+@click.argument("model")
+@click.option("--data", required=True, help="Dataset folder or Hugging Face id.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Results JSON (+ .samples.jsonl).")
+@click.option("--quiet", is_flag=True)
+def eval_command(model: str, data: str, split: str, protocol: str, device: str, batch_size: int,
+                 limit: int | None, model_args: tuple[str, ...], bootstrap: int, out: str | None, quiet: bool) -> None:
+    """Score MODEL (registered name, module:Class, predictions folder/archive, .pt or .onnx file)."""
+    from .eval.api import LocalizerError
+    from .eval.localizers import parse_model_args
+    from .eval.runner import run_eval
+
+    try:
+        options = parse_model_args(list(model_args))
+        with progress_bar(f"eval {model}", quiet=quiet) as bar:
+            task = bar.add_task(f"eval {model}", total=None, rate="")
+            result = run_eval(model, data, split=split, protocol=protocol, device=device, batch_size=batch_size,
+                              limit=limit, out=Path(out) if out else None, model_args=options, bootstrap=bootstrap,
+                              progress=lambda d, t: bar.update(task, completed=d, total=t),
+                              command=" ".join(["bench", "eval", *sys.argv[2:]]))
+    except (LocalizerError, ValueError, KeyError, ImportError) as exc:
+        fail(str(exc))
+    for name, metric in result.results.metrics.items():
+        if name.startswith(("pixel/iou", "pixel/f1@0.5/mean", "pixel/auc/pooled/all", "image/auc", "image/ap")):
+            value = "—" if metric.value is None else f"{metric.value:.4f}"
+            ci = "" if not metric.ci95 else f"  [{metric.ci95[0]:.4f}, {metric.ci95[1]:.4f}]"
+            click.echo(f"{name:<42} {value}{ci}")
+    if "dolos" in result.results.info:
+        d = result.results.info["dolos"]
+        click.echo(f"dolos IoU x100: {d['dolos/localization/iou@0.5x100']:.2f}; detection AP x100:"
+                   f" {d['dolos/detection/ap']['mean']:.2f} ± {d['dolos/detection/ap']['2std']:.2f}")
+    if out:
+        click.echo(f"results -> {out}")
+
+
 @main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the site.")

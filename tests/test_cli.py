@@ -189,3 +189,26 @@ def test_leaderboard_command(tmp_path):
     bad.write_text("{not json")
     result = CliRunner().invoke(main, ["leaderboard", str(bad), "--out", str(tmp_path / "s2")])
     assert result.exit_code == 2 and "bad.json" in result.output
+
+
+def test_eval_command_writes_complete_results(tmp_path, built):
+    _, out = built
+    res = tmp_path / "res" / "noise.json"
+    result = CliRunner().invoke(main, ["eval", "noise", "--data", str(out), "--split", "train",
+                                       "--bootstrap", "50", "--out", str(res), "--quiet"])
+    assert result.exit_code == 0, result.output
+    from dolos_bench.eval.results import load_results
+
+    loaded = load_results(res)
+    assert loaded.complete and loaded.counts.samples == len(res.with_suffix(".samples.jsonl").read_text().splitlines())
+    assert 0.0 <= loaded.metrics["pixel/auc/pooled/all"].value <= 1.0
+    # a predictions folder missing every id: clear error, no results file
+    empty = tmp_path / "preds"
+    empty.mkdir()
+    bad_out = tmp_path / "res" / "bad.json"
+    result = CliRunner().invoke(main, ["eval", str(empty), "--data", str(out), "--split", "train",
+                                       "--out", str(bad_out), "--quiet"])
+    assert result.exit_code == 2 and "missing" in result.output and not bad_out.exists()
+    site = tmp_path / "site"
+    result = CliRunner().invoke(main, ["leaderboard", str(res), "--out", str(site)])
+    assert result.exit_code == 0, result.output and (site / "index.html").exists()
