@@ -19,6 +19,8 @@ is useless while "sample #3 (id 'ffhq/00042_telea') map has NaN" is a one-minute
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import hashlib
 import inspect
 import math
@@ -437,8 +439,9 @@ class _ArrayModelLocalizer(Localizer):
     def _error(self, ids: Sequence[str] | None, problem: str, rule: str) -> LocalizerError:
         return _fail(self.name, f"batch{_id_list(ids)}", problem, rule)
 
+    @abstractmethod
     def _forward(self, batch: np.ndarray) -> Any:
-        raise NotImplementedError
+        """Run the model on a prepared float batch (B, 3, H, W); return its raw output."""
 
     def predict(self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> LocalizerOutput:
         prepared = self._prepare(images, ids)

@@ -23,6 +23,8 @@ on sample 9,000 of 10,000 wastes an afternoon.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import csv
 import hashlib
 import io
@@ -152,7 +154,7 @@ def _inside(target: str) -> bool:
     return not (target.startswith("/") or target == ".." or target.startswith("../"))
 
 
-class _Store:
+class _Store(ABC):
     """Flat name -> bytes; ``names`` are file paths relative to the root, '/'-separated."""
 
     kind = "store"
@@ -162,8 +164,9 @@ class _Store:
         self.names: list[str] = []
         self.dirs: list[str] = []
 
+    @abstractmethod
     def read(self, name: str) -> bytes:
-        raise NotImplementedError
+        """The bytes of one member."""
 
     def close(self) -> None:
         pass
