@@ -127,7 +127,35 @@ def _decode_rgb(data: bytes) -> np.ndarray:
         return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
-class JPEG(Perturbation):
+class _Recompression(Perturbation):
+    """Encode with a lossy codec at ``quality`` and decode back; subclasses pin the codec settings."""
+
+    _MAX_SIDE: ClassVar[int]
+    _FORMAT: ClassVar[str]
+
+    def __init__(self, quality: int) -> None:
+        self.quality = _int_param(self.name, "quality", quality, 1, 100)
+
+    def params(self) -> dict[str, Any]:
+        return {"quality": self.quality}
+
+    def _save_options(self) -> dict[str, Any]:
+        return {}
+
+    def apply(
+        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        image = _check_inputs(self.name, image, mask)
+        if max(image.shape[:2]) > self._MAX_SIDE:
+            raise ValueError(
+                f"{self.name}: image {image.shape[:2]} exceeds {self._FORMAT}'s {self._MAX_SIDE} px limit"
+            )
+        buf = io.BytesIO()
+        Image.fromarray(image, "RGB").save(buf, format=self._FORMAT, quality=self.quality, **self._save_options())
+        return _decode_rgb(buf.getvalue()), mask
+
+
+class JPEG(_Recompression):
     """JPEG re-compression: the most common laundering of an image shared online.
 
     Chroma subsampling is pinned to 4:2:0 and Huffman optimisation off, so the bytes depend only
@@ -135,54 +163,26 @@ class JPEG(Perturbation):
     """
 
     name: ClassVar[str] = "jpeg"
+    _FORMAT: ClassVar[str] = "JPEG"
     _MAX_SIDE: ClassVar[int] = 65500  # the JPEG format's limit
 
-    def __init__(self, quality: int) -> None:
-        self.quality = _int_param(self.name, "quality", quality, 1, 100)
-
-    def params(self) -> dict[str, Any]:
-        return {"quality": self.quality}
-
-    def apply(
-        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        image = _check_inputs(self.name, image, mask)
-        if max(image.shape[:2]) > self._MAX_SIDE:
-            raise ValueError(f"jpeg: image {image.shape[:2]} exceeds JPEG's {self._MAX_SIDE} px limit")
-        buf = io.BytesIO()
-        Image.fromarray(image, "RGB").save(
-            buf, format="JPEG", quality=self.quality, subsampling="4:2:0", optimize=False, progressive=False
-        )
-        return _decode_rgb(buf.getvalue()), mask
+    def _save_options(self) -> dict[str, Any]:
+        return {"subsampling": "4:2:0", "optimize": False, "progressive": False}
 
 
-class WEBP(Perturbation):
+class WEBP(_Recompression):
     """Lossy WEBP re-compression, as platforms that transcode uploads to WEBP do.
 
     ``method`` (speed/effort) is pinned because it changes the bytes; lossless mode is off.
     """
 
     name: ClassVar[str] = "webp"
+    _FORMAT: ClassVar[str] = "WEBP"
     METHOD: ClassVar[int] = 4  # libwebp's default effort level, fixed for determinism
     _MAX_SIDE: ClassVar[int] = 16383  # the WEBP format's limit
 
-    def __init__(self, quality: int) -> None:
-        self.quality = _int_param(self.name, "quality", quality, 1, 100)
-
-    def params(self) -> dict[str, Any]:
-        return {"quality": self.quality}
-
-    def apply(
-        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        image = _check_inputs(self.name, image, mask)
-        if max(image.shape[:2]) > self._MAX_SIDE:
-            raise ValueError(f"webp: image {image.shape[:2]} exceeds WEBP's {self._MAX_SIDE} px limit")
-        buf = io.BytesIO()
-        Image.fromarray(image, "RGB").save(
-            buf, format="WEBP", quality=self.quality, method=self.METHOD, lossless=False, exact=False
-        )
-        return _decode_rgb(buf.getvalue()), mask
+    def _save_options(self) -> dict[str, Any]:
+        return {"method": self.METHOD, "lossless": False, "exact": False}
 
 
 # -- filters ---------------------------------------------------------------------------------

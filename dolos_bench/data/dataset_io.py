@@ -3,7 +3,7 @@
 The output folder is a Hugging Face dataset repository as it stands::
 
     DIR/
-      data/<split>-XXXXX-of-YYYYY.parquet   shards with `datasets` Features (schema.features())
+      data/<split>-00000-of-00004.parquet   shards with `datasets` Features (schema.features())
       README.md                              dataset card (YAML metadata + how it was built)
       manifest.json                          recipe, versions, shard hashes, counts, skips
       .dolos-build/                          resume state; removed when the build completes
