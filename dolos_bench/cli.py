@@ -212,6 +212,64 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
 
 
 @main.command()
+@click.argument("model")
+@click.option("--data", required=True, help="Dataset folder or Hugging Face id.")
+@click.option("--suite", default="default", show_default=True,
+              help="Suite YAML (e.g. recipes/stress/default.yaml) or a built-in suite name.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Results JSON; the curves go beside it as <stem>.curves.<metric>.png/.svg.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
+@click.option("--only", default=None, metavar="NAME[,NAME]", help="Run only these perturbations of the suite.")
+@click.option("--metric", default=None, help="Headline metric of the summary and curves (default: the suite's).")
+@click.option("--bootstrap", default=200, show_default=True, type=click.IntRange(0),
+              help="Bootstrap resamples for the 95% intervals of every grid point.")
+@click.option("--quiet", is_flag=True)
+def stress(model: str, data: str, suite: str, out: str, split: str, protocol: str, device: str, batch_size: int,
+           limit: int | None, model_args: tuple[str, ...], only: str | None, metric: str | None, bootstrap: int,
+           quiet: bool) -> None:
+    """Score MODEL under a grid of perturbations x severities; resumes an interrupted sweep."""
+    from .eval.api import LocalizerError
+    from .eval.localizers import parse_model_args
+    from .eval.stress import run_stress
+
+    try:
+        options = parse_model_args(list(model_args))
+        with progress_bar(f"stress {model}", quiet=quiet) as bar:
+            task = bar.add_task(f"stress {model}", total=None, rate="")
+
+            def report(done: int, total: int, point: str) -> None:
+                bar.update(task, completed=done, total=total, rate=point)
+
+            result = run_stress(model, data, suite=suite, out=Path(out), split=split, protocol=protocol,
+                                device=device, batch_size=batch_size, limit=limit, model_args=options,
+                                only=[o.strip() for o in only.split(",") if o.strip()] if only else None,
+                                metric=metric, bootstrap=bootstrap, progress=report,
+                                command=" ".join(["bench", "stress", *sys.argv[2:]]))
+    except (LocalizerError, ValueError, KeyError, ImportError) as exc:
+        fail(str(exc))
+    s = result.results.stress
+    assert s is not None
+    if result.resumed_points:
+        click.echo(f"resumed {result.resumed_points} grid point(s) from an interrupted run")
+    clean = result.results.metrics.get(s.metric)
+    click.echo(f"{s.metric} clean: {'—' if clean is None or clean.value is None else f'{clean.value:.4f}'}")
+    click.echo(f"{'perturbation':<14} {'worst':>8} {'rel. drop':>10} {'AUC':>8}")
+    for name, summ in s.summary.items():
+        extra = summ.model_extra or {}
+        cells = [extra.get("worst"), summ.relative_drop, summ.area_under_curve]
+        click.echo(f"{name:<14} " + " ".join(f"{'—' if v is None else f'{v:.4f}':>{w}}"
+                                            for v, w in zip(cells, (8, 10, 8))))
+    click.echo(f"results -> {out}")
+    for files in result.plots.values():
+        click.echo("curves  -> " + ", ".join(str(p) for p in files.values()))
+
+
+@main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the site.")
 @click.option("--title", default="dolos-bench leaderboard", show_default=True)

@@ -21,9 +21,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from PIL import Image
 
+from dolos_bench.build.perturb import Chain
+from dolos_bench.seeding import rng_for
+
 from .api import LocalizerError
 from .localizers import call_localizer, load_localizer
-from .protocols import dolos_results, get_protocol
+from .metrics import MetricState
+from .protocols import Protocol, dolos_results, get_protocol
 from .results import (
     Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, save_results,
 )
@@ -36,7 +40,7 @@ class EvalOutput:
     samples_path: Path | None
 
 
-def _fingerprint(data: str, split: str, ids: list[str]) -> str:
+def fingerprint(data: str, split: str, ids: list[str]) -> str:
     """sha256 of the manifest's shard hashes when there is one, plus the split and the ids scored."""
     h = hashlib.sha256()
     manifest = Path(data) / "manifest.json"
@@ -65,6 +69,133 @@ def _decode(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def open_split(data: str, split: str, limit: int | None = None):
+    """One split of a dataset folder or Hub id, images and masks left as encoded bytes.
+
+    Decoding is left to the scoring loop (one batch at a time), which keeps memory flat and lets
+    ``bench stress`` decode each image once per grid point without holding the split in memory.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()  # the command's own bar reports progress; two would interleave
+    try:
+        ds = datasets.load_dataset(str(data), split=split)
+    except Exception as exc:  # noqa: BLE001 - surface as one clear line
+        raise ValueError(f"cannot load split {split!r} of {data}: {exc}") from exc
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
+
+
+def score_split(
+    localizer: Any,
+    ds: Any,
+    proto: Protocol,
+    *,
+    batch_size: int = 16,
+    chain: Chain | None = None,
+    chain_seed: int = 0,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MetricState:
+    """Run ``localizer`` over every sample of ``ds`` and return the filled metric state.
+
+    With ``chain``, each image is perturbed before the localizer sees it, deterministically per
+    sample (``rng_for(chain_seed, "stress", chain.describe(), id)``), while the ground truth stays
+    the dataset's mask at its own resolution: maps are brought back to it by the protocol's
+    resize, so every grid point is scored on the same pixels and only the input got worse.
+    """
+    state = proto.make_state()
+    size = getattr(localizer, "input_size", None)
+    key = chain.describe() if chain is not None else None
+    for begin in range(0, len(ds), batch_size):
+        batch = ds[begin : begin + batch_size]
+        images = [_decode(v) for v in batch["image"]]
+        masks = [_decode(v) > 0 for v in batch["mask"]]
+        if masks and masks[0].ndim == 3:
+            masks = [m.any(axis=-1) for m in masks]
+        if chain is not None and len(chain):
+            images = [
+                chain.apply(image, None, rng_for(chain_seed, "stress", key, sample_id))[0]
+                for image, sample_id in zip(images, batch["id"])
+            ]
+        if size:
+            images = [np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images]
+        output = call_localizer(localizer, images, batch["id"])
+        for k, sample_id in enumerate(batch["id"]):
+            score_map = proto.resize(output.maps[k], masks[k].shape)
+            score = output.scores[k] if output.scores is not None else None
+            record = state.update(
+                score_map, masks[k], int(batch["label"][k]), score, sample_id=sample_id,
+                generator=batch["generator"][k], parts=batch["parts"][k],
+                perturbation=_describe_perturbation(batch["perturbations"][k]), source=batch["source"][k],
+            )
+            if on_record is not None:
+                on_record(record)
+        if progress:
+            progress(min(begin + batch_size, len(ds)), len(ds))
+    return state
+
+
+def model_info(localizer: Any, model: str, model_args: Mapping[str, Any] | None) -> ModelInfo:
+    """The results file's ``model`` section from a loaded localizer's identity."""
+    identity = localizer.identity()
+    return ModelInfo(id=str(identity.get("name") or model), kind=identity.get("kind", "registry"),
+                     path=identity.get("path"), weights_sha256=identity.get("weights_sha256"),
+                     options=dict(model_args or {}))
+
+
+def protocol_info(proto: Protocol) -> ProtocolInfo:
+    return ProtocolInfo(name=proto.name, threshold=proto.threshold,
+                        resize="bicubic" if "bicubic" in proto.interpolation else "bilinear",
+                        details=proto.info())
+
+
+def metrics_of(computed: Mapping[str, Any]) -> dict[str, Metric]:
+    return {k: Metric(**v) for k, v in computed["metrics"].items()}
+
+
+def breakdowns_of(computed: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Metric]]]:
+    return {kind: {g: {k: Metric(**v) for k, v in ms.items()} for g, ms in groups.items()}
+            for kind, groups in computed["breakdowns"].items()}
+
+
+def counts_of(state: MetricState) -> Counts:
+    _, labels = state.image_scores()
+    fake = int(np.count_nonzero(labels == 1))
+    return Counts(samples=int(labels.size), real=int(labels.size) - fake, fake=fake)
+
+
+class _JsonlWriter:
+    """Per-sample records streamed to a temporary file, renamed into place only on success."""
+
+    def __init__(self, target: Path | None) -> None:
+        self.target = target
+        self._fh = None
+        self._tmp: str | None = None
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            self._fh = os.fdopen(fd, "w")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(record, default=str, sort_keys=True) + "\n")
+
+    def commit(self) -> None:
+        if self._fh is not None and self._tmp is not None and self.target is not None:
+            self._fh.close()
+            os.replace(self._tmp, self.target)
+            self._fh = self._tmp = None
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        if self._tmp is not None:
+            Path(self._tmp).unlink(missing_ok=True)
+        self._fh = self._tmp = None
+
+
 def run_eval(
     model: str,
     data: str,
@@ -81,82 +212,45 @@ def run_eval(
     progress: Callable[[int, int], None] | None = None,
     command: str | None = None,
 ) -> EvalOutput:
-    import datasets
-
     proto = get_protocol(protocol)
     start = time.perf_counter()
-    try:
-        ds = datasets.load_dataset(str(data), split=split)
-    except Exception as exc:  # noqa: BLE001 - surface as one clear line
-        raise ValueError(f"cannot load split {split!r} of {data}: {exc}") from exc
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    ds = ds.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
+    ds = open_split(data, split, limit)
     ids = list(ds["id"])
     localizer = load_localizer(model, device=device, options=dict(model_args or {}))
     if hasattr(localizer, "validate"):
         localizer.validate(ids)
-    state = proto.make_state()
-    records: list[dict[str, Any]] = []
-    size = getattr(localizer, "input_size", None)
     load_s = time.perf_counter() - start
     t0 = time.perf_counter()
-    for begin in range(0, len(ds), batch_size):
-        batch = ds[begin : begin + batch_size]
-        images = [_decode(v) for v in batch["image"]]
-        masks = [_decode(v) > 0 for v in batch["mask"]]
-        if size:
-            images = [np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images]
-        output = call_localizer(localizer, images, batch["id"])
-        for k, sample_id in enumerate(batch["id"]):
-            score_map = proto.resize(output.maps[k], masks[k].shape)
-            score = output.scores[k] if output.scores is not None else None
-            record = state.update(
-                score_map, masks[k], int(batch["label"][k]), score, sample_id=sample_id,
-                generator=batch["generator"][k], parts=batch["parts"][k],
-                perturbation=_describe_perturbation(batch["perturbations"][k]), source=batch["source"][k],
-            )
-            records.append(record)
-        if progress:
-            progress(min(begin + batch_size, len(ds)), len(ds))
+    samples = _JsonlWriter(out.with_suffix(".samples.jsonl") if out is not None else None)
+    try:
+        state = score_split(localizer, ds, proto, batch_size=batch_size, on_record=samples.write, progress=progress)
+    except BaseException:
+        samples.discard()
+        raise
     predict_s = time.perf_counter() - t0
     computed = state.compute(bootstrap=bootstrap, seed=seed)
     info = dict(computed.get("info", {}))
     if proto.name == "dolos":
         info["dolos"] = dolos_results(state)
-    identity = localizer.identity()
-    labels = [int(r["label"]) for r in records]
     results = Results(
         kind="eval",
-        model=ModelInfo(id=str(identity.get("name") or model), kind=identity.get("kind", "registry"),
-                        path=identity.get("path"), weights_sha256=identity.get("weights_sha256"),
-                        options=dict(model_args or {})),
-        dataset=DatasetInfo(path=str(data), fingerprint=_fingerprint(str(data), split, ids), split=split,
+        model=model_info(localizer, model, model_args),
+        dataset=DatasetInfo(path=str(data), fingerprint=fingerprint(str(data), split, ids), split=split,
                             recipe=None, num_samples=len(ids)),
-        protocol=ProtocolInfo(name=proto.name, threshold=proto.threshold,
-                              resize="bicubic" if "bicubic" in proto.interpolation else "bilinear",
-                              details=proto.info()),
-        metrics={k: Metric(**v) for k, v in computed["metrics"].items()},
-        breakdowns={kind: {g: {k: Metric(**v) for k, v in ms.items()} for g, ms in groups.items()}
-                    for kind, groups in computed["breakdowns"].items()},
-        counts=Counts(samples=len(labels), real=labels.count(0), fake=labels.count(1)),
+        protocol=protocol_info(proto),
+        metrics=metrics_of(computed),
+        breakdowns=breakdowns_of(computed),
+        counts=counts_of(state),
         complete=True,
         provenance=collect_provenance(command or " ".join(sys.argv), seeds={"bootstrap": seed},
                                       timings={"load_s": load_s, "predict_s": predict_s,
                                                "total_s": time.perf_counter() - start}),
         info=json.loads(json.dumps(info, default=str)),
     )
-    samples_path = None
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        samples_path = out.with_suffix(".samples.jsonl")
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".jsonl.tmp")
-        with os.fdopen(fd, "w") as f:
-            for record in records:
-                f.write(json.dumps(record, default=str, sort_keys=True) + "\n")
-        os.replace(tmp, samples_path)
+        samples.commit()
         save_results(results, out)
-    return EvalOutput(results, out, samples_path)
+    return EvalOutput(results, out, samples.target)
 
 
-__all__ = ["run_eval", "EvalOutput", "LocalizerError"]
+__all__ = ["run_eval", "open_split", "score_split", "EvalOutput", "LocalizerError"]

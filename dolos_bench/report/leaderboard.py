@@ -379,12 +379,19 @@ def _build_heatmaps(
 
 def _build_curves(entries: Sequence[Entry], plot_dir: Path) -> list[dict[str, Any]]:
     by_metric: dict[str, dict[str, list[StressPoint]]] = {}
+    clean: dict[str, dict[str, float | None]] = {}
+    axes: dict[str, str] = {}
     for e in entries:
         if e.results.stress is not None:
-            by_metric.setdefault(e.results.stress.metric, {})[e.label] = e.results.stress.grid
+            axes.update((e.results.info.get("suite") or {}).get("axes") or {})
+            metric = e.results.stress.metric
+            by_metric.setdefault(metric, {})[e.label] = e.results.stress.grid
+            reference = e.results.metrics.get(metric)
+            clean.setdefault(metric, {})[e.label] = reference.value if reference is not None else None
     figures = []
     for metric, curves in by_metric.items():
-        files = plots.robustness_curves(curves, plot_dir / f"robustness-{_slug(metric)}", metric=metric)
+        files = plots.robustness_curves(curves, plot_dir / f"robustness-{_slug(metric)}", metric=metric,
+                                        references=clean.get(metric), axis_labels=axes)
         figures.append({
             "metric": metric,
             "curves": {lab: [p.model_dump(mode="json") for p in grid] for lab, grid in curves.items()},

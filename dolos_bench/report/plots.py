@@ -122,6 +122,12 @@ def _severity_axis(points: Sequence[StressPoint]) -> tuple[bool, list[float | st
     return False, list(seen)
 
 
+def _listed_descending(points: Sequence[StressPoint]) -> bool:
+    """True when the first listed severity of a numeric axis is its largest (e.g. JPEG quality)."""
+    values = [float(p.severity) for p in points]  # type: ignore[arg-type]
+    return len(set(values)) > 1 and values[0] == max(values)
+
+
 def robustness_curves(
     curves: Mapping[str, Sequence[StressPoint | Mapping[str, Any]]],
     out_stem: str | Path,
@@ -129,6 +135,8 @@ def robustness_curves(
     metric: str,
     title: str | None = None,
     perturbations: Sequence[str] | None = None,
+    references: Mapping[str, float | None] | None = None,
+    axis_labels: Mapping[str, str] | None = None,
     ylim: tuple[float, float] | None = (0.0, 1.0),
     formats: Sequence[str] = FORMATS,
     dpi: int = 150,
@@ -139,7 +147,13 @@ def robustness_curves(
     results file -- :class:`StressPoint` objects or their JSON dicts -- so ``bench stress`` can
     draw its single model and the leaderboard can overlay many. Severities that are all numbers
     give a numeric axis; otherwise they are categories in first-seen order. Points without the
-    metric (or with an undefined value) leave a gap. Returns format -> written path.
+    metric (or with an undefined value) leave a gap. ``references`` maps a label to its score on
+    the unperturbed data, drawn as a dashed line in the label's colour in every panel, so the
+    drop is read off against the clean score rather than against the mildest grid point.
+    ``axis_labels`` names each panel's x axis (default "severity"). A numeric axis runs in the
+    order the grid lists its severities, mild to harsh: a suite that lists JPEG quality
+    100, 90, ..., 30 gets an inverted axis, so harsher is always to the right.
+    Returns format -> written path.
     """
     series = {label: _as_points(entries) for label, entries in curves.items()}
     all_points = [p for pts in series.values() for p in pts]
@@ -179,10 +193,15 @@ def robustness_curves(
                 highs = [p.metrics[metric].ci95[1] if metric in p.metrics and p.metrics[metric].ci95 else np.nan for p in mine]
                 if any(math.isfinite(v) for v in lows):
                     ax.fill_between(xs, lows, highs, alpha=0.15, linewidth=0, color=colour)
+                clean = (references or {}).get(label)
+                if clean is not None and math.isfinite(clean):
+                    ax.axhline(clean, linestyle="--", linewidth=0.9, alpha=0.7, color=colour)
             if not numeric:
                 ax.set_xticks(range(len(ticks)), labels=[str(t) for t in ticks], rotation=30, ha="right")
+            elif _listed_descending(pert_points):
+                ax.invert_xaxis()
             ax.set_title(pert, fontsize=9)
-            ax.set_xlabel("severity")
+            ax.set_xlabel((axis_labels or {}).get(pert, "severity"))
             if k % ncols == 0:  # one y label per figure row; the suptitle names the metric too
                 ax.set_ylabel(metric, fontsize=7)
             if ylim is not None:
@@ -196,7 +215,8 @@ def robustness_curves(
                 for handle, lab in zip(*ax.get_legend_handles_labels()):
                     uniq.setdefault(lab, handle)
             fig.legend(list(uniq.values()), list(uniq), loc="outside lower center", ncols=min(len(uniq), 4), fontsize=8)
-        fig.suptitle(title if title is not None else f"Robustness: {metric}", fontsize=10)
+        default_title = f"Robustness: {metric}" + (" (dashed: unperturbed)" if references else "")
+        fig.suptitle(title if title is not None else default_title, fontsize=10)
         paths = _save(fig, Path(out_stem), formats, dpi)
     return paths
 
