@@ -117,10 +117,10 @@ def build_card(recipe: "Recipe", manifest: dict[str, Any]) -> str:
         "tags": ["image-forensics", "inpainting", "deepfake-localization", "faces", "dolos-bench"],
         "task_categories": ["image-segmentation", "image-classification"],
         "size_categories": [size],
-        "configs": [
-            {"config_name": "default",
-             "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}
-        ],
+        # No `configs:` block, on purpose: the shards are named data/<split>-NNNNN-of-NNNNN.parquet,
+        # which the Hub and `datasets` detect by themselves, and a `configs` block makes
+        # `datasets.load_dataset(local_folder)` key its cache on the folder name instead of the
+        # files -- a rebuilt or another same-named folder would then be read from a stale cache.
     }
     uses_landmarks = any(m.type == "landmarks" for m in recipe.maskers)
     landmark_note = ""

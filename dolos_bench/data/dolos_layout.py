@@ -23,6 +23,7 @@ from PIL import Image
 
 from .dataset_io import DatasetFolder, shard_name
 from .images import decode_png, encode_png
+from .reader import DatasetReadError, read_rows
 from .schema import FAKE, REAL, SPLITS
 from .sources import IMAGE_EXTENSIONS, Source, SourceItem, slugify
 
@@ -82,19 +83,20 @@ class DolosRealSource(Source):
 
 def export_dolos(dataset_dir: Path, out: Path) -> dict[str, int]:
     """Write every split of a dataset folder in the Dolos layout; returns real/fake counts."""
-    import datasets
-
     folder = DatasetFolder(dataset_dir)
     if not folder.is_complete():
         raise DolosLayoutError(f"{dataset_dir} is not a finished dolos-bench dataset (no complete manifest)")
     if out.exists() and any(out.iterdir()):
         raise DolosLayoutError(f"{out} is not empty; choose a new folder")
     counts = {"real": 0, "fake": 0}
-    data = datasets.load_dataset(str(dataset_dir))
-    for split, ds in data.items():
+    splits = dict.fromkeys(s["split"] for s in (folder.read_manifest() or {}).get("shards", []))
+    for split in splits:
         dolos_split = DOLOS_SPLITS.get(split, split)
-        ds = ds.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
-        for row in ds:
+        try:
+            rows = read_rows(dataset_dir, split)
+        except DatasetReadError as exc:
+            raise DolosLayoutError(str(exc)) from exc
+        for row in rows:
             key = row["id"]
             image_bytes = row["image"]["bytes"]
             if row["label"] == REAL:

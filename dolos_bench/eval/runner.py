@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from dolos_bench.build.perturb import Chain
+from dolos_bench.data.reader import Split, open_split
 from dolos_bench.seeding import rng_for
 
 from .api import LocalizerError
@@ -69,27 +70,9 @@ def _decode(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def open_split(data: str, split: str, limit: int | None = None):
-    """One split of a dataset folder or Hub id, images and masks left as encoded bytes.
-
-    Decoding is left to the scoring loop (one batch at a time), which keeps memory flat and lets
-    ``bench stress`` decode each image once per grid point without holding the split in memory.
-    """
-    import datasets
-
-    datasets.disable_progress_bars()  # the command's own bar reports progress; two would interleave
-    try:
-        ds = datasets.load_dataset(str(data), split=split)
-    except Exception as exc:  # noqa: BLE001 - surface as one clear line
-        raise ValueError(f"cannot load split {split!r} of {data}: {exc}") from exc
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
-
-
 def score_split(
     localizer: Any,
-    ds: Any,
+    ds: Split,
     proto: Protocol,
     *,
     batch_size: int = 16,
@@ -108,8 +91,8 @@ def score_split(
     state = proto.make_state()
     size = getattr(localizer, "input_size", None)
     key = chain.describe() if chain is not None else None
-    for begin in range(0, len(ds), batch_size):
-        batch = ds[begin : begin + batch_size]
+    done, total = 0, len(ds)
+    for batch in ds.batches(batch_size):
         images = [_decode(v) for v in batch["image"]]
         masks = [_decode(v) > 0 for v in batch["mask"]]
         if masks and masks[0].ndim == 3:
@@ -132,8 +115,9 @@ def score_split(
             )
             if on_record is not None:
                 on_record(record)
+        done += len(batch["id"])
         if progress:
-            progress(min(begin + batch_size, len(ds)), len(ds))
+            progress(done, total)
     return state
 
 
@@ -215,7 +199,7 @@ def run_eval(
     proto = get_protocol(protocol)
     start = time.perf_counter()
     ds = open_split(data, split, limit)
-    ids = list(ds["id"])
+    ids = ds.column("id")
     localizer = load_localizer(model, device=device, options=dict(model_args or {}))
     if hasattr(localizer, "validate"):
         localizer.validate(ids)

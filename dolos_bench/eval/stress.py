@@ -217,7 +217,7 @@ def run_stress(
         raise StressError(f"--out must name a .json results file, got {out}")
 
     ds = open_split(data, split, limit)
-    ids = list(ds["id"])
+    ids = ds.column("id")
     localizer = load_localizer(model, device=device, options=dict(model_args or {}))
     identity = localizer.identity()
     if identity.get("kind") == "predictions":

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dolos_bench.build.perturb import Chain, parse_chain
 from dolos_bench.eval.metrics import metric_names
@@ -99,13 +99,14 @@ class Suite(_Strict):
     plot_metrics: list[str] = Field(default_factory=list)
     perturbations: list[SuiteEntry] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> "Suite":
-        names = [p.name for p in self.perturbations]
+    @field_validator("perturbations")
+    @classmethod
+    def _unique_names(cls, entries: list[SuiteEntry]) -> list[SuiteEntry]:
+        names = [p.name for p in entries]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"perturbation names must be unique; repeated: {', '.join(dupes)}")
-        return self
+        return entries
 
     def curve_metrics(self) -> list[str]:
         """The headline metric first, then the other plotted metrics, without repeats."""
