@@ -131,8 +131,17 @@ def test_markdown_escapes_pipes(tmp_path: Path) -> None:
 
 
 def test_stress_result_with_metrics_makes_a_row(tmp_path: Path) -> None:
-    clean = _variant(tmp_path, STRESS, "stress_clean.json", metrics=_with_metric(EVALS[0], PRIMARY_METRIC, 0.4))
-    ranked = rank_entries(load_entries([*EVALS, clean]))
+    stress = load_results(STRESS)
+    eval_ela = next(e for e in EVALS if load_results(e).model.id == "ela")
+    same_data = stress.dataset.model_copy(update={"fingerprint": load_results(eval_ela).dataset.fingerprint})
+    metrics = _with_metric(EVALS[0], PRIMARY_METRIC, 0.4)
+    # Clean scores of a run that an eval file already reports: not shown twice.
+    dup = _variant(tmp_path, STRESS, "stress_dup.json", metrics=metrics, dataset=same_data)
+    labels = [(e.label, e.results.kind) for _, e in rank_entries(load_entries([*EVALS, dup]))]
+    assert ("ela", "stress") not in labels and ("ela", "eval") in labels
+    # Without an eval file for it, the stress file's clean scores make the row.
+    alone = _variant(tmp_path, STRESS, "stress_clean.json", metrics=metrics)
+    ranked = rank_entries(load_entries([*[e for e in EVALS if e != eval_ela], alone]))
     assert [(e.label, e.results.kind) for _, e in ranked][:2] == [("patchforensics", "eval"), ("ela", "stress")]
 
 

@@ -310,6 +310,7 @@ def run_stress(
             "suite": {
                 "name": suite_obj.name, "file": str(suite_file) if suite_file else None,
                 "sha256": suite_obj.sha256(), "only": list(only or []), "axes": axis_labels,
+                "plot_metrics": list(dict.fromkeys([headline, *suite_obj.curve_metrics()])),
             },
             "ground_truth": "dataset mask at its own resolution; perturbations touch the image only",
             "summary_definitions": {

@@ -150,10 +150,16 @@ def rank_entries(
     """Order rows by group, then best primary metric first (missing last); assign ranks.
 
     Eval results always make a row; stress results only when they carry top-level metrics
-    (their clean scores). Equal values share a rank ("1, 2, 2, 4"); a row without the primary
+    (their clean scores) and no eval file scored the same model on the same data and protocol
+    (the clean scores would be the same numbers twice). Equal values share a rank ("1, 2, 2, 4"); a row without the primary
     metric gets no rank. Ties are broken by label so the output is deterministic.
     """
-    rows = [e for e in entries if e.results.kind == "eval" or e.results.metrics]
+    def same_run(r: Results) -> tuple[Any, ...]:
+        return (r.model.id, r.model.weights_sha256, r.dataset.fingerprint, r.protocol.name)
+
+    scored = {same_run(e.results) for e in entries if e.results.kind == "eval"}
+    rows = [e for e in entries
+            if e.results.kind == "eval" or (e.results.metrics and same_run(e.results) not in scored)]
     sign = -1.0 if higher_is_better else 1.0
 
     def key(e: Entry) -> tuple[Any, ...]:
@@ -384,10 +390,14 @@ def _build_curves(entries: Sequence[Entry], plot_dir: Path) -> list[dict[str, An
     for e in entries:
         if e.results.stress is not None:
             axes.update((e.results.info.get("suite") or {}).get("axes") or {})
-            metric = e.results.stress.metric
-            by_metric.setdefault(metric, {})[e.label] = e.results.stress.grid
-            reference = e.results.metrics.get(metric)
-            clean.setdefault(metric, {})[e.label] = reference.value if reference is not None else None
+            suite_info = e.results.info.get("suite") or {}
+            # The suite's headline metric, then the other metrics its own curves were drawn for.
+            for metric in dict.fromkeys([e.results.stress.metric, *(suite_info.get("plot_metrics") or [])]):
+                if not any(metric in p.metrics for p in e.results.stress.grid):
+                    continue
+                by_metric.setdefault(metric, {})[e.label] = e.results.stress.grid
+                reference = e.results.metrics.get(metric)
+                clean.setdefault(metric, {})[e.label] = reference.value if reference is not None else None
     figures = []
     for metric, curves in by_metric.items():
         files = plots.robustness_curves(curves, plot_dir / f"robustness-{_slug(metric)}", metric=metric,
