@@ -332,3 +332,17 @@ def test_stress_command_and_leaderboard(tmp_path: Path, dataset: Path) -> None:
     out = tmp_path / "res" / "bad.json"
     result = CliRunner().invoke(main, ["stress", "ela", "--data", str(dataset), "--suite", str(bad), "--out", str(out)])
     assert result.exit_code == 2 and "metric: unknown metric 'nope'" in result.output and not out.exists()
+
+
+def test_a_failing_perturbation_names_the_sample_and_chain(tmp_path: Path, dataset: Path, monkeypatch) -> None:
+    from dolos_bench.build import perturb
+
+    def broken(self, image, mask, rng):
+        raise OSError("encoder missing")
+
+    monkeypatch.setattr(perturb.JPEG, "apply", broken)
+    out = tmp_path / "f.json"
+    with pytest.raises(ValueError, match=r"sample '.+': perturbation jpeg\(quality=90\) failed: encoder missing"):
+        _stress(dataset, out, plots=False)
+    assert not out.exists()
+    assert [p.name for p in (tmp_path / ".f.json.stress").iterdir()] == ["0000.json"]  # the clean pass is kept

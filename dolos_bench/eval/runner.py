@@ -70,6 +70,13 @@ def _decode(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _perturb(chain: Chain, key: str | None, image: np.ndarray, seed: int, sample_id: str) -> np.ndarray:
+    try:
+        return chain.apply(image, None, rng_for(seed, "stress", key, sample_id))[0]
+    except Exception as exc:  # noqa: BLE001 - name the sample and the chain, whatever failed
+        raise ValueError(f"sample {sample_id!r}: perturbation {key} failed: {exc}") from exc
+
+
 def score_split(
     localizer: Any,
     ds: Split,
@@ -98,10 +105,7 @@ def score_split(
         if masks and masks[0].ndim == 3:
             masks = [m.any(axis=-1) for m in masks]
         if chain is not None and len(chain):
-            images = [
-                chain.apply(image, None, rng_for(chain_seed, "stress", key, sample_id))[0]
-                for image, sample_id in zip(images, batch["id"])
-            ]
+            images = [_perturb(chain, key, image, chain_seed, sample_id) for image, sample_id in zip(images, batch["id"])]
         if size:
             images = [np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images]
         output = call_localizer(localizer, images, batch["id"])

@@ -41,7 +41,7 @@ from .metrics import MetricState
 from .protocols import Protocol, get_protocol
 from .results import (
     DatasetInfo, PerturbationSpec, Results, StressInfo, StressPoint, StressSummary,
-    collect_provenance, save_results,
+    collect_provenance, package_versions, save_results,
 )
 from .runner import (
     breakdowns_of, counts_of, fingerprint, metrics_of, model_info, open_split, protocol_info, score_split,
@@ -231,6 +231,8 @@ def run_stress(
     checkpoints = _Checkpoints(out, {
         "model": info_model.model_dump(mode="json"), "data": data_fp, "protocol": proto.info(),
         "protocol_name": proto.name, "suite_seed": suite_obj.seed,
+        # Codec and resampling libraries decide the perturbed bytes: an upgrade invalidates.
+        "packages": package_versions(),
     })
     load_s = time.perf_counter() - start
 

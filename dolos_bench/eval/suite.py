@@ -126,7 +126,7 @@ class GridPoint:
 
     @property
     def key(self) -> str:
-        return f"{self.perturbation}@{self.severity}"
+        return f"{self.perturbation}@{_format_severity(self.severity)}"
 
 
 def _format_severity(value: float | str) -> str:
