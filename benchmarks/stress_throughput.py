@@ -8,6 +8,7 @@ default suite (34 grid points + the clean pass) three ways and prints samples/s 
 * ``constant``: a localizer that returns a constant map -- the benchmark's own overhead (decode,
   perturb, resize, metric update, checkpoint, summary, plots);
 * ``ela``: the error-level-analysis baseline (one JPEG round trip per image);
+* ``ela x2``: the same with ``workers=2`` (grid points scored in two processes);
 * ``resume``: the same ``ela`` run again after it was interrupted with every point but the last
   checkpointed, i.e. the cost of finishing from checkpoints (one point, loading 34 states,
   bootstrap, plots).
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         timed("constant", n, points, lambda: run_stress(f"{__name__}:ConstantLocalizer", str(data),
                                                          out=root / "c.json", **common))
         timed("ela", n, points, lambda: run_stress("ela", str(data), out=root / "e.json", **common))
+        timed("ela x2", n, points, lambda: run_stress("ela", str(data), out=root / "e2.json", workers=2, **common))
 
         out = root / "r.json"
         try:

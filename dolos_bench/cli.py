@@ -228,10 +228,12 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
 @click.option("--metric", default=None, help="Headline metric of the summary and curves (default: the suite's).")
 @click.option("--bootstrap", default=200, show_default=True, type=click.IntRange(0),
               help="Bootstrap resamples for the 95% intervals of every grid point.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Processes scoring grid points in parallel, each with its own copy of the model.")
 @click.option("--quiet", is_flag=True)
 def stress(model: str, data: str, suite: str, out: str, split: str, protocol: str, device: str, batch_size: int,
            limit: int | None, model_args: tuple[str, ...], only: str | None, metric: str | None, bootstrap: int,
-           quiet: bool) -> None:
+           workers: int, quiet: bool) -> None:
     """Score MODEL under a grid of perturbations x severities; resumes an interrupted sweep."""
     from .eval.api import LocalizerError
     from .eval.localizers import parse_model_args
@@ -248,7 +250,7 @@ def stress(model: str, data: str, suite: str, out: str, split: str, protocol: st
             result = run_stress(model, data, suite=suite, out=Path(out), split=split, protocol=protocol,
                                 device=device, batch_size=batch_size, limit=limit, model_args=options,
                                 only=[o.strip() for o in only.split(",") if o.strip()] if only else None,
-                                metric=metric, bootstrap=bootstrap, progress=report,
+                                metric=metric, bootstrap=bootstrap, workers=workers, progress=report,
                                 command=" ".join(["bench", "stress", *sys.argv[2:]]))
     except (LocalizerError, ValueError, KeyError, ImportError) as exc:
         fail(str(exc))

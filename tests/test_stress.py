@@ -20,7 +20,7 @@ from PIL import Image
 from dolos_bench.build.perturb import parse_chain
 from dolos_bench.cli import main
 from dolos_bench.data.reader import read_rows
-from dolos_bench.eval.api import Localizer, LocalizerOutput
+from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
 from dolos_bench.eval.results import load_results
 from dolos_bench.eval.runner import run_eval
 from dolos_bench.eval.stress import (
@@ -71,6 +71,17 @@ class ResidualLocalizer(Localizer):
 
 
 MODEL = f"{__name__}:ResidualLocalizer"
+
+
+class SmallImageIntolerant(ResidualLocalizer):
+    """Breaks on downscaled input: a model error raised inside a worker process."""
+
+    name = "intolerant"
+
+    def predict(self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> LocalizerOutput:
+        if min(image.shape[0] for image in images) < 40:
+            raise RuntimeError("input smaller than 40 px")
+        return super().predict(images, ids)
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +280,23 @@ def test_same_seed_same_numbers(tmp_path: Path, dataset: Path) -> None:
     assert grid_a[("noise", 16)] != grid_c[("noise", 16)]  # noise does
 
 
+def test_worker_processes_give_the_same_numbers(tmp_path: Path, dataset: Path) -> None:
+    one = _stress(dataset, tmp_path / "one.json", plots=False)
+    two = _stress(dataset, tmp_path / "two.json", plots=False, workers=2)
+    assert _numbers(one.results_path) == _numbers(two.results_path)
+    # Interrupted in the pool, resumed inline: still the same numbers.
+    with pytest.raises(StressInterrupted):
+        _stress(dataset, tmp_path / "three.json", plots=False, workers=2, stop_after_points=4)
+    assert len(list((tmp_path / ".three.json.stress").glob("*.json"))) == 4
+    three = _stress(dataset, tmp_path / "three.json", plots=False)
+    assert three.resumed_points == 4 and _numbers(three.results_path) == _numbers(one.results_path)
+    # A model that fails in a worker: its error, naming the samples, reaches the caller; no results.
+    with pytest.raises(LocalizerError, match=r"intolerant.*input smaller than 40 px"):
+        run_stress(f"{__name__}:SmallImageIntolerant", str(dataset), out=tmp_path / "four.json", split="train",
+                   suite=validate_suite_data(SMALL_SUITE), workers=2, plots=False, bootstrap=0)
+    assert not (tmp_path / "four.json").exists()
+
+
 def test_interrupted_sweep_resumes_to_the_same_results(tmp_path: Path, dataset: Path) -> None:
     reference = _stress(dataset, tmp_path / "ref.json", plots=False)
     out = tmp_path / "resumed.json"
@@ -302,6 +330,8 @@ def test_predictions_folders_cannot_be_stressed(tmp_path: Path, dataset: Path) -
         _stress(dataset, tmp_path / "p.txt")
     with pytest.raises(StressError, match="unknown metric 'image/auc'"):
         _stress(dataset, tmp_path / "p.json", metric="image/auc")
+    with pytest.raises(StressError, match="lower-is-better"):
+        _stress(dataset, tmp_path / "p.json", metric="pixel/fp-area@0.5/mean-of-images/reals")
 
 
 # -- CLI ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from .results import (
 from .runner import (
     breakdowns_of, counts_of, fingerprint, metrics_of, model_info, open_split, protocol_info, score_split,
 )
-from .suite import GridPoint, Suite, expand, load_suite
+from .suite import LOWER_IS_BETTER, GridPoint, Suite, expand, load_suite
 
 CHECKPOINT_VERSION = 1
 
@@ -158,6 +158,83 @@ class _Checkpoints:
             self.folder.rmdir()
 
 
+# -- worker processes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WorkerSetup:
+    """What a worker process needs to rebuild the run: plain values, cheap to pickle."""
+
+    model: str
+    data: str
+    split: str
+    limit: int | None
+    device: str
+    options: dict[str, Any]
+    protocol: str
+    batch_size: int
+    chain_seed: int
+    out: str
+    run_key: dict[str, Any]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(setup: _WorkerSetup) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    _WORKER.update(
+        setup=setup,
+        localizer=load_localizer(setup.model, device=setup.device, options=dict(setup.options)),
+        ds=open_split(setup.data, setup.split, setup.limit, verify=False),  # verified by the parent
+        proto=get_protocol(setup.protocol),
+        checkpoints=_Checkpoints(Path(setup.out), setup.run_key),
+    )
+
+
+def _score_point_in_worker(index: int, name: str, chain_spec: list[dict[str, Any]]) -> int:
+    from dolos_bench.build.perturb import parse_chain
+
+    setup: _WorkerSetup = _WORKER["setup"]
+    chain = parse_chain(chain_spec) if chain_spec else None
+    state = score_split(_WORKER["localizer"], _WORKER["ds"], _WORKER["proto"], batch_size=setup.batch_size,
+                        chain=chain, chain_seed=setup.chain_seed)
+    _WORKER["checkpoints"].save(index, name, chain_spec, state)
+    return index
+
+
+def _score_in_pool(setup: _WorkerSetup, pending: Sequence[tuple[int, str, list[dict[str, Any]]]], workers: int):
+    """Score grid points in a process pool; yield each ``(index, name, chain)`` once its checkpoint is written.
+
+    Points finish in any order; each worker writes its own checkpoint file, so the parent only
+    reads them back. A failure in a worker re-raises here with the worker's message.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dolos_bench.eval.stress"])
+    with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context, initializer=_init_worker,
+                             initargs=(setup,)) as pool:
+        futures = {pool.submit(_score_point_in_worker, *job): job for job in pending}
+        remaining = set(futures)
+        try:
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()  # re-raise a worker's error with its message
+                    yield futures[future]
+        except BaseException:
+            for future in remaining:  # points not started yet are dropped; running ones finish
+                future.cancel()
+            raise
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -187,6 +264,7 @@ def run_stress(
     bootstrap: int = 200,
     seed: int = 0,
     plots: bool = True,
+    workers: int = 1,
     progress: Callable[[int, int, str], None] | None = None,
     stop_after_points: int | None = None,
     command: str | None = None,
@@ -195,7 +273,9 @@ def run_stress(
 
     ``progress(done, total, label)`` counts samples over the whole sweep. ``stop_after_points``
     raises :class:`StressInterrupted` after that many points were scored in this call (the
-    checkpoints stay), to test and time resuming.
+    checkpoints stay), to test and time resuming. ``workers`` > 1 scores grid points in that
+    many processes, each with its own copy of the model (mind GPU memory with ``device="cuda"``);
+    the numbers do not depend on it.
     """
     from dolos_bench.report.plots import robustness_curves
 
@@ -205,11 +285,14 @@ def run_stress(
     else:
         suite_obj, suite_file = load_suite(suite)
     headline = metric or suite_obj.metric
-    if metric is not None and metric not in metrics_known(protocol):
-        from dolos_bench.registry import did_you_mean
-
+    if metric is not None:
         known = metrics_known(protocol)
-        raise StressError(f"unknown metric {metric!r}.{did_you_mean(metric, known)}")
+        if metric not in known:
+            from dolos_bench.registry import did_you_mean
+
+            raise StressError(f"unknown metric {metric!r}.{did_you_mean(metric, known)}")
+        if any(part in metric for part in LOWER_IS_BETTER):
+            raise StressError(f"{metric!r} is lower-is-better; the stress summary needs a higher-is-better metric")
     grid = expand(suite_obj, only)
     proto: Protocol = get_protocol(protocol)
     out = Path(out)
@@ -237,34 +320,55 @@ def run_stress(
     load_s = time.perf_counter() - start
 
     jobs: list[tuple[str, GridPoint | None]] = [("clean", None)] + [(p.key, p) for p in grid]
-    total = len(jobs) * len(ids)
-    states: list[MetricState] = []
-    resumed = scored = 0
-    t0 = time.perf_counter()
+    n = len(ids)
+    total = len(jobs) * n
+    states: dict[int, MetricState] = {}
+    pending: list[tuple[int, str, list[dict[str, Any]]]] = []
     for index, (name, point) in enumerate(jobs):
         chain_spec = point.chain.spec() if point is not None else []
-        base = index * len(ids)
         state = checkpoints.load(index, name, chain_spec)
-        if state is not None:
-            resumed += 1
+        if state is None:
+            pending.append((index, name, chain_spec))
         else:
-            if stop_after_points is not None and scored >= stop_after_points:
-                raise StressInterrupted(f"stopped after {scored} grid point(s); checkpoints in {checkpoints.folder}")
-            state = score_split(
+            states[index] = state
+    resumed = len(states)
+    if stop_after_points is not None:
+        pending = pending[:stop_after_points]
+    t0 = time.perf_counter()
+    done = resumed * n
+    if progress:
+        progress(done, total, f"resumed {resumed}" if resumed else "clean")
+    if workers <= 1 or len(pending) <= 1:
+        for index, name, chain_spec in pending:
+            point = jobs[index][1]
+            states[index] = score_split(
                 localizer, ds, proto, batch_size=batch_size,
                 chain=point.chain if point is not None else None, chain_seed=suite_obj.seed,
-                progress=(lambda d, t, b=base, n=name: progress(b + d, total, n)) if progress else None,
+                progress=(lambda d, t, b=done, k=name: progress(b + d, total, k)) if progress else None,
             )
-            checkpoints.save(index, name, chain_spec, state)
-            scored += 1
-        states.append(state)
-        if progress:
-            progress(base + len(ids), total, name)
+            checkpoints.save(index, name, chain_spec, states[index])
+            done += n
+    else:
+        setup = _WorkerSetup(model=model, data=str(data), split=split, limit=limit, device=device,
+                             options=dict(model_args or {}), protocol=protocol, batch_size=batch_size,
+                             chain_seed=suite_obj.seed, out=str(out), run_key=checkpoints.run_key)
+        for index, name, chain_spec in _score_in_pool(setup, pending, workers):
+            loaded = checkpoints.load(index, name, chain_spec)
+            if loaded is None:  # pragma: no cover - the worker wrote it just now
+                raise StressError(f"checkpoint of grid point {name} vanished from {checkpoints.folder}")
+            states[index] = loaded
+            done += n
+            if progress:
+                progress(done, total, name)
+    if len(states) < len(jobs):
+        raise StressInterrupted(
+            f"stopped after {len(states) - resumed} grid point(s); checkpoints in {checkpoints.folder}"
+        )
     predict_s = time.perf_counter() - t0
 
     clean = states[0].compute(bootstrap=bootstrap, seed=seed)
     points: list[StressPoint] = []
-    for (name, point), state in zip(jobs[1:], states[1:]):
+    for (name, point), state in zip(jobs[1:], (states[i] for i in range(1, len(jobs)))):
         assert point is not None
         computed = state.compute(bootstrap=bootstrap, seed=seed)
         points.append(StressPoint(
