@@ -179,10 +179,16 @@ def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0))
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Results JSON (+ .samples.jsonl).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Results JSON (+ .samples.jsonl); an interrupted run with the same --out resumes.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Processes scoring chunks in parallel, each with its own copy of the model.")
+@click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(1),
+              help="Samples per chunk: the unit of resuming and of parallel work.")
 @click.option("--quiet", is_flag=True)
 def eval_command(model: str, data: str, split: str, protocol: str, device: str, batch_size: int,
-                 limit: int | None, model_args: tuple[str, ...], bootstrap: int, out: str | None, quiet: bool) -> None:
+                 limit: int | None, model_args: tuple[str, ...], bootstrap: int, out: str | None, workers: int,
+                 chunk_size: int, quiet: bool) -> None:
     """Score MODEL (registered name, module:Class, predictions folder/archive, .pt or .onnx file)."""
     from .eval.api import LocalizerError
     from .eval.localizers import parse_model_args
@@ -194,6 +200,7 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
             task = bar.add_task(f"eval {model}", total=None, rate="")
             result = run_eval(model, data, split=split, protocol=protocol, device=device, batch_size=batch_size,
                               limit=limit, out=Path(out) if out else None, model_args=options, bootstrap=bootstrap,
+                              workers=workers, chunk_size=chunk_size,
                               progress=lambda d, t: bar.update(task, completed=d, total=t),
                               command=" ".join(["bench", "eval", *sys.argv[2:]]))
     except (LocalizerError, ValueError, KeyError, ImportError) as exc:
@@ -203,6 +210,8 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
             value = "—" if metric.value is None else f"{metric.value:.4f}"
             ci = "" if not metric.ci95 else f"  [{metric.ci95[0]:.4f}, {metric.ci95[1]:.4f}]"
             click.echo(f"{name:<42} {value}{ci}")
+    if result.results.info.get("resumed_chunks"):
+        click.echo(f"resumed {result.results.info['resumed_chunks']} chunk(s) from an interrupted run")
     if "dolos" in result.results.info:
         d = result.results.info["dolos"]
         click.echo(f"dolos IoU x100: {d['dolos/localization/iou@0.5x100']:.2f}; detection AP x100:"

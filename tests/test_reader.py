@@ -95,7 +95,25 @@ def test_folders_without_a_manifest_go_through_datasets_uncached(tmp_path: Path)
     pq.write_table(pa.table({"id": ["c", "d", "e"]}), folder / "data" / "test-00000-of-00001.parquet")
     assert open_split(folder, "test").column("id") == ["c", "d", "e"]  # re-read, not cached
     assert [b["id"] for b in open_split(folder, "test", limit=2).batches(1)] == [["c"], ["d"]]
+    assert open_split(folder, "test").select(1, 3).column("id") == ["d", "e"]
+    with pytest.raises(ValueError, match="outside a split"):
+        open_split(folder, "test").select(2, 4)
     with pytest.raises(DatasetReadError, match="cannot load split 'train'"):
         open_split(folder, "train")
     with pytest.raises(ValueError, match="batch_size"):
         next(ParquetSplit([folder / "data" / "test-00000-of-00001.parquet"]).batches(0))
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 0), (0, 3), (3, 5), (4, 11), (5, 10), (9, 15), (14, 15)])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_row_ranges_match_slices_of_the_whole_split(built: Path, start: int, stop: int, batch_size: int) -> None:
+    whole = open_split(built, "train")
+    ids = whole.column("id")
+    assert len(ids) == 15
+    part = whole.select(start, stop)
+    assert len(part) == stop - start and part.column("id") == ids[start:stop]
+    assert [i for b in part.batches(batch_size) for i in b["id"]] == ids[start:stop]
+    inner = part.select(min(1, len(part)), len(part))  # ranges compose
+    assert inner.column("id") == ids[start:stop][min(1, stop - start):]
+    with pytest.raises(ValueError, match="outside a split"):
+        whole.select(start, 16)

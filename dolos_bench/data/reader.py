@@ -32,7 +32,7 @@ class DatasetReadError(ValueError):
 
 
 class Split(Protocol):
-    """What the scoring loop needs from a split: its length, whole columns, batches of rows."""
+    """What the scoring loop needs from a split: its length, whole columns, batches, row ranges."""
 
     def __len__(self) -> int: ...
 
@@ -40,49 +40,78 @@ class Split(Protocol):
 
     def batches(self, batch_size: int) -> Iterator[dict[str, list[Any]]]: ...
 
+    def select(self, start: int, stop: int) -> "Split": ...
+
+
+def _check_range(start: int, stop: int, length: int) -> None:
+    if not 0 <= start <= stop <= length:
+        raise ValueError(f"row range [{start}, {stop}) is outside a split of {length} rows")
+
 
 class ParquetSplit:
-    """Rows of a list of parquet shards, in order, optionally only the first ``limit``.
+    """Rows ``[start, stop)`` of a list of parquet shards taken end to end, in order.
 
     Image columns come back as ``{"bytes": ..., "path": ...}`` dicts, undecoded, as from a
-    ``datasets.Image(decode=False)`` column.
+    ``datasets.Image(decode=False)`` column. Only the row groups that overlap the range are read.
     """
 
-    def __init__(self, files: Sequence[Path], limit: int | None = None) -> None:
+    def __init__(self, files: Sequence[Path], limit: int | None = None, *, start: int = 0,
+                 stop: int | None = None) -> None:
         self.files = [Path(f) for f in files]
         self._rows = [pq.ParquetFile(f).metadata.num_rows for f in self.files]
         total = sum(self._rows)
-        self._len = total if limit is None else min(limit, total)
+        stop = total if stop is None else stop
+        if limit is not None:
+            stop = min(stop, start + limit)
+        _check_range(start, stop, total)
+        self.start, self.stop = start, stop
 
     def __len__(self) -> int:
-        return self._len
+        return self.stop - self.start
+
+    def select(self, start: int, stop: int) -> "ParquetSplit":
+        """Rows ``[start, stop)`` of this split (relative to it)."""
+        _check_range(start, stop, len(self))
+        return ParquetSplit(self.files, start=self.start + start, stop=self.start + stop)
+
+    def _pieces(self) -> Iterator[tuple[Path, int, int]]:
+        """(file, first row, end row) of each file's part of the range, in file-local rows."""
+        offset = 0
+        for path, rows in zip(self.files, self._rows):
+            lo, hi = max(self.start - offset, 0), min(self.stop - offset, rows)
+            if lo < hi:
+                yield path, lo, hi
+            offset += rows
 
     def column(self, name: str) -> list[Any]:
         values: list[Any] = []
-        for path in self.files:
-            if len(values) >= self._len:
-                break
-            values += pq.read_table(path, columns=[name]).column(name).to_pylist()
-        return values[: self._len]
+        for path, lo, hi in self._pieces():
+            values += pq.read_table(path, columns=[name]).column(name).slice(lo, hi - lo).to_pylist()
+        return values
+
+    def _record_batches(self, batch_size: int) -> Iterator[dict[str, list[Any]]]:
+        for path, lo, hi in self._pieces():
+            position = 0
+            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+                begin, end = position, position + record_batch.num_rows
+                position = end
+                if end <= lo:
+                    continue
+                if begin >= hi:
+                    break
+                a, b = max(lo - begin, 0), min(hi, end) - begin
+                yield record_batch.slice(a, b - a).to_pydict()
 
     def batches(self, batch_size: int) -> Iterator[dict[str, list[Any]]]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         pending: dict[str, list[Any]] = {}
-        left = self._len
-        for path in self.files:
-            if left <= 0:
-                break
-            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-                rows = record_batch.slice(0, min(left, record_batch.num_rows)).to_pydict()
-                left -= len(next(iter(rows.values()), []))
-                for key, values in rows.items():
-                    pending.setdefault(key, []).extend(values)
-                while pending and len(next(iter(pending.values()))) >= batch_size:
-                    yield {k: v[:batch_size] for k, v in pending.items()}
-                    pending = {k: v[batch_size:] for k, v in pending.items()}
-                if left <= 0:
-                    break
+        for rows in self._record_batches(batch_size):
+            for key, values in rows.items():
+                pending.setdefault(key, []).extend(values)
+            while pending and len(next(iter(pending.values()))) >= batch_size:
+                yield {k: v[:batch_size] for k, v in pending.items()}
+                pending = {k: v[batch_size:] for k, v in pending.items()}
         if pending and next(iter(pending.values())):
             yield pending
 
@@ -103,10 +132,16 @@ class DatasetsSplit:
     def __len__(self) -> int:
         return len(self.ds)
 
+    def select(self, start: int, stop: int) -> "DatasetsSplit":
+        _check_range(start, stop, len(self))
+        return DatasetsSplit(self.ds.select(range(start, stop)))
+
     def column(self, name: str) -> list[Any]:
         return list(self.ds[name])
 
     def batches(self, batch_size: int) -> Iterator[dict[str, list[Any]]]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         for begin in range(0, len(self.ds), batch_size):
             yield self.ds[begin : begin + batch_size]
 

@@ -1,8 +1,11 @@
 """``bench eval``: run a localizer over one split of a dataset and write trustworthy results.
 
-The results JSON is written once, atomically, after every sample was scored; the per-sample
-JSONL goes to a temporary file that is renamed only then. A model that breaks the protocol
-raises :class:`~dolos_bench.eval.api.LocalizerError` and leaves no results file behind.
+The split is scored in chunks (:mod:`dolos_bench.eval.work`): each finished chunk's metric state
+and per-sample records are checkpointed beside the output, chunks can be scored by several
+processes, and their states are merged into the one that a single pass would give. The results
+JSON and the per-sample JSONL are written once, atomically, after every sample was scored. A
+model that breaks the protocol raises :class:`~dolos_bench.eval.api.LocalizerError` and leaves
+no results file behind (its finished chunks stay checkpointed for the re-run).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -30,8 +34,10 @@ from .localizers import call_localizer, load_localizer
 from .metrics import MetricState
 from .protocols import Protocol, dolos_results, get_protocol
 from .results import (
-    Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, save_results,
+    Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, package_versions,
+    save_results,
 )
+from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_units
 
 
 @dataclass
@@ -154,34 +160,22 @@ def counts_of(state: MetricState) -> Counts:
     return Counts(samples=int(labels.size), real=int(labels.size) - fake, fake=fake)
 
 
-class _JsonlWriter:
-    """Per-sample records streamed to a temporary file, renamed into place only on success."""
+class EvalInterrupted(RunInterrupted):
+    """Raised by ``stop_after_chunks`` (tests, benchmarks): finished chunks stay checkpointed."""
 
-    def __init__(self, target: Path | None) -> None:
-        self.target = target
-        self._fh = None
-        self._tmp: str | None = None
-        if target is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            self._fh = os.fdopen(fd, "w")
 
-    def write(self, record: dict[str, Any]) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps(record, default=str, sort_keys=True) + "\n")
-
-    def commit(self) -> None:
-        if self._fh is not None and self._tmp is not None and self.target is not None:
-            self._fh.close()
-            os.replace(self._tmp, self.target)
-            self._fh = self._tmp = None
-
-    def discard(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-        if self._tmp is not None:
-            Path(self._tmp).unlink(missing_ok=True)
-        self._fh = self._tmp = None
+def _write_samples(target: Path, parts: list[Path]) -> None:
+    """Concatenate the chunks' records into ``target`` atomically, in chunk (= dataset) order."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, fh)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_eval(
@@ -197,9 +191,22 @@ def run_eval(
     model_args: Mapping[str, Any] | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    workers: int = 1,
+    chunk_size: int = 1024,
     progress: Callable[[int, int], None] | None = None,
+    stop_after_chunks: int | None = None,
     command: str | None = None,
 ) -> EvalOutput:
+    """Score ``model`` on one split; with ``out``, write the results JSON and per-sample JSONL.
+
+    The split is scored in chunks of ``chunk_size`` samples whose metric states are merged. With
+    ``out``, every finished chunk is checkpointed in ``.<out name>.eval/`` beside it, so a run
+    that was interrupted resumes with the chunks it had; ``workers`` > 1 scores chunks in that
+    many processes (each loads its own copy of the model). Neither changes a single number.
+    ``stop_after_chunks`` raises :class:`EvalInterrupted` after that many new chunks.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     proto = get_protocol(protocol)
     start = time.perf_counter()
     ds = open_split(data, split, limit)
@@ -207,14 +214,27 @@ def run_eval(
     localizer = load_localizer(model, device=device, options=dict(model_args or {}))
     if hasattr(localizer, "validate"):
         localizer.validate(ids)
+    info_model = model_info(localizer, model, model_args)
+    data_fp = fingerprint(str(data), split, ids)
+    run_key = {"model": info_model.model_dump(mode="json"), "data": data_fp, "protocol": proto.info(),
+               "protocol_name": proto.name, "packages": package_versions()}
+    checkpoints = Checkpoints(out.parent / f".{out.name}.eval", run_key) if out is not None else None
+    setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
+                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size,
+                     checkpoint_folder=str(checkpoints.folder) if checkpoints else None, run_key=run_key)
+    units = [WorkUnit(i, f"chunk {i + 1}", begin, min(begin + chunk_size, len(ids)), keep_records=out is not None)
+             for i, begin in enumerate(range(0, len(ids), chunk_size))]
     load_s = time.perf_counter() - start
     t0 = time.perf_counter()
-    samples = _JsonlWriter(out.with_suffix(".samples.jsonl") if out is not None else None)
     try:
-        state = score_split(localizer, ds, proto, batch_size=batch_size, on_record=samples.write, progress=progress)
-    except BaseException:
-        samples.discard()
-        raise
+        states, resumed = run_units(units, setup, localizer=localizer, ds=ds, proto=proto, checkpoints=checkpoints,
+                                    workers=workers, stop_after=stop_after_chunks,
+                                    progress=(lambda d, t, _label: progress(d, t)) if progress else None)
+    except RunInterrupted as exc:
+        raise EvalInterrupted(str(exc)) from None
+    state = proto.make_state()
+    for unit in units:
+        state.merge(states[unit.index])
     predict_s = time.perf_counter() - t0
     computed = state.compute(bootstrap=bootstrap, seed=seed)
     info = dict(computed.get("info", {}))
@@ -222,8 +242,8 @@ def run_eval(
         info["dolos"] = dolos_results(state)
     results = Results(
         kind="eval",
-        model=model_info(localizer, model, model_args),
-        dataset=DatasetInfo(path=str(data), fingerprint=fingerprint(str(data), split, ids), split=split,
+        model=info_model,
+        dataset=DatasetInfo(path=str(data), fingerprint=data_fp, split=split,
                             recipe=None, num_samples=len(ids)),
         protocol=protocol_info(proto),
         metrics=metrics_of(computed),
@@ -233,12 +253,15 @@ def run_eval(
         provenance=collect_provenance(command or " ".join(sys.argv), seeds={"bootstrap": seed},
                                       timings={"load_s": load_s, "predict_s": predict_s,
                                                "total_s": time.perf_counter() - start}),
-        info=json.loads(json.dumps(info, default=str)),
+        info=json.loads(json.dumps(info | ({"resumed_chunks": resumed} if resumed else {}), default=str)),
     )
-    if out is not None:
-        samples.commit()
+    samples_path = None
+    if out is not None and checkpoints is not None:
+        samples_path = out.with_suffix(".samples.jsonl")
+        _write_samples(samples_path, [checkpoints.records_path(u) for u in units])
         save_results(results, out)
-    return EvalOutput(results, out, samples.target)
+        checkpoints.clear()
+    return EvalOutput(results, out, samples_path)
 
 
-__all__ = ["run_eval", "open_split", "score_split", "EvalOutput", "LocalizerError"]
+__all__ = ["run_eval", "open_split", "score_split", "EvalInterrupted", "EvalOutput", "LocalizerError"]

@@ -23,12 +23,9 @@ Drops are ``None`` when the clean score is 0 or undefined (nothing to drop from)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,25 +34,23 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .localizers import load_localizer
-from .metrics import MetricState
 from .protocols import Protocol, get_protocol
 from .results import (
     DatasetInfo, PerturbationSpec, Results, StressInfo, StressPoint, StressSummary,
     collect_provenance, package_versions, save_results,
 )
 from .runner import (
-    breakdowns_of, counts_of, fingerprint, metrics_of, model_info, open_split, protocol_info, score_split,
+    breakdowns_of, counts_of, fingerprint, metrics_of, model_info, open_split, protocol_info,
 )
-from .suite import LOWER_IS_BETTER, GridPoint, Suite, expand, load_suite
-
-CHECKPOINT_VERSION = 1
+from .suite import LOWER_IS_BETTER, Suite, expand, load_suite
+from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_units
 
 
 class StressError(ValueError):
     """A stress run that cannot be done as asked; the message says why and what to do."""
 
 
-class StressInterrupted(RuntimeError):
+class StressInterrupted(RunInterrupted):
     """Raised by ``stop_after_points`` (tests, benchmarks): the checkpoints written so far stay."""
 
 
@@ -108,131 +103,6 @@ def summarize(clean: float | None, severities: Sequence[float | str], values: Se
         clean=clean,
         worst=worst,
     )
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-
-
-class _Checkpoints:
-    """One JSON file of metric state per finished grid point, in a hidden folder beside the results.
-
-    Each file carries the hash of everything that decides its numbers (model and weights,
-    options, data fingerprint, protocol, suite seed, chain); a file whose hash does not match
-    the current run is ignored and overwritten, never merged in.
-    """
-
-    def __init__(self, out: Path, run_key: Mapping[str, Any]) -> None:
-        self.folder = out.parent / f".{out.name}.stress"
-        self.run_key = dict(run_key)
-
-    def _key(self, name: str, chain: list[dict[str, Any]]) -> str:
-        blob = json.dumps({"run": self.run_key, "point": name, "chain": chain, "v": CHECKPOINT_VERSION},
-                          sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def _path(self, index: int) -> Path:
-        return self.folder / f"{index:04d}.json"
-
-    def load(self, index: int, name: str, chain: list[dict[str, Any]]) -> MetricState | None:
-        path = self._path(index)
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if saved.get("key") != self._key(name, chain):
-            return None
-        return MetricState.from_dict(saved["state"])
-
-    def save(self, index: int, name: str, chain: list[dict[str, Any]], state: MetricState) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"key": self._key(name, chain), "point": name, "state": state.to_dict()})
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, self._path(index))
-
-    def clear(self) -> None:
-        if self.folder.exists():
-            for path in self.folder.iterdir():
-                path.unlink()
-            self.folder.rmdir()
-
-
-# -- worker processes ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _WorkerSetup:
-    """What a worker process needs to rebuild the run: plain values, cheap to pickle."""
-
-    model: str
-    data: str
-    split: str
-    limit: int | None
-    device: str
-    options: dict[str, Any]
-    protocol: str
-    batch_size: int
-    chain_seed: int
-    out: str
-    run_key: dict[str, Any]
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(setup: _WorkerSetup) -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    _WORKER.update(
-        setup=setup,
-        localizer=load_localizer(setup.model, device=setup.device, options=dict(setup.options)),
-        ds=open_split(setup.data, setup.split, setup.limit, verify=False),  # verified by the parent
-        proto=get_protocol(setup.protocol),
-        checkpoints=_Checkpoints(Path(setup.out), setup.run_key),
-    )
-
-
-def _score_point_in_worker(index: int, name: str, chain_spec: list[dict[str, Any]]) -> int:
-    from dolos_bench.build.perturb import parse_chain
-
-    setup: _WorkerSetup = _WORKER["setup"]
-    chain = parse_chain(chain_spec) if chain_spec else None
-    state = score_split(_WORKER["localizer"], _WORKER["ds"], _WORKER["proto"], batch_size=setup.batch_size,
-                        chain=chain, chain_seed=setup.chain_seed)
-    _WORKER["checkpoints"].save(index, name, chain_spec, state)
-    return index
-
-
-def _score_in_pool(setup: _WorkerSetup, pending: Sequence[tuple[int, str, list[dict[str, Any]]]], workers: int):
-    """Score grid points in a process pool; yield each ``(index, name, chain)`` once its checkpoint is written.
-
-    Points finish in any order; each worker writes its own checkpoint file, so the parent only
-    reads them back. A failure in a worker re-raises here with the worker's message.
-    """
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dolos_bench.eval.stress"])
-    with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context, initializer=_init_worker,
-                             initargs=(setup,)) as pool:
-        futures = {pool.submit(_score_point_in_worker, *job): job for job in pending}
-        remaining = set(futures)
-        try:
-            while remaining:
-                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    future.result()  # re-raise a worker's error with its message
-                    yield futures[future]
-        except BaseException:
-            for future in remaining:  # points not started yet are dropped; running ones finish
-                future.cancel()
-            raise
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -311,66 +181,34 @@ def run_stress(
         )
     info_model = model_info(localizer, model, model_args)
     data_fp = fingerprint(str(data), split, ids)
-    checkpoints = _Checkpoints(out, {
+    n = len(ids)
+    run_key = {
         "model": info_model.model_dump(mode="json"), "data": data_fp, "protocol": proto.info(),
         "protocol_name": proto.name, "suite_seed": suite_obj.seed,
         # Codec and resampling libraries decide the perturbed bytes: an upgrade invalidates.
         "packages": package_versions(),
-    })
+    }
+    checkpoints = Checkpoints(out.parent / f".{out.name}.stress", run_key)
+    setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
+                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size,
+                     chain_seed=suite_obj.seed, checkpoint_folder=str(checkpoints.folder), run_key=run_key)
     load_s = time.perf_counter() - start
 
-    jobs: list[tuple[str, GridPoint | None]] = [("clean", None)] + [(p.key, p) for p in grid]
-    n = len(ids)
-    total = len(jobs) * n
-    states: dict[int, MetricState] = {}
-    pending: list[tuple[int, str, list[dict[str, Any]]]] = []
-    for index, (name, point) in enumerate(jobs):
-        chain_spec = point.chain.spec() if point is not None else []
-        state = checkpoints.load(index, name, chain_spec)
-        if state is None:
-            pending.append((index, name, chain_spec))
-        else:
-            states[index] = state
-    resumed = len(states)
-    if stop_after_points is not None:
-        pending = pending[:stop_after_points]
+    units = [WorkUnit(0, "clean", 0, n)] + [
+        WorkUnit(i, p.key, 0, n, tuple(p.chain.spec())) for i, p in enumerate(grid, start=1)
+    ]
     t0 = time.perf_counter()
-    done = resumed * n
-    if progress:
-        progress(done, total, f"resumed {resumed}" if resumed else "clean")
-    if workers <= 1 or len(pending) <= 1:
-        for index, name, chain_spec in pending:
-            point = jobs[index][1]
-            states[index] = score_split(
-                localizer, ds, proto, batch_size=batch_size,
-                chain=point.chain if point is not None else None, chain_seed=suite_obj.seed,
-                progress=(lambda d, t, b=done, k=name: progress(b + d, total, k)) if progress else None,
-            )
-            checkpoints.save(index, name, chain_spec, states[index])
-            done += n
-    else:
-        setup = _WorkerSetup(model=model, data=str(data), split=split, limit=limit, device=device,
-                             options=dict(model_args or {}), protocol=protocol, batch_size=batch_size,
-                             chain_seed=suite_obj.seed, out=str(out), run_key=checkpoints.run_key)
-        for index, name, chain_spec in _score_in_pool(setup, pending, workers):
-            loaded = checkpoints.load(index, name, chain_spec)
-            if loaded is None:  # pragma: no cover - the worker wrote it just now
-                raise StressError(f"checkpoint of grid point {name} vanished from {checkpoints.folder}")
-            states[index] = loaded
-            done += n
-            if progress:
-                progress(done, total, name)
-    if len(states) < len(jobs):
-        raise StressInterrupted(
-            f"stopped after {len(states) - resumed} grid point(s); checkpoints in {checkpoints.folder}"
-        )
+    try:
+        states, resumed = run_units(units, setup, localizer=localizer, ds=ds, proto=proto, checkpoints=checkpoints,
+                                    workers=workers, progress=progress, stop_after=stop_after_points)
+    except RunInterrupted as exc:
+        raise StressInterrupted(str(exc)) from None
     predict_s = time.perf_counter() - t0
 
     clean = states[0].compute(bootstrap=bootstrap, seed=seed)
     points: list[StressPoint] = []
-    for (name, point), state in zip(jobs[1:], (states[i] for i in range(1, len(jobs)))):
-        assert point is not None
-        computed = state.compute(bootstrap=bootstrap, seed=seed)
+    for index, point in enumerate(grid, start=1):
+        computed = states[index].compute(bootstrap=bootstrap, seed=seed)
         points.append(StressPoint(
             perturbation=point.perturbation, severity=point.severity,
             spec=[PerturbationSpec(**s) for s in point.chain.spec()],

@@ -1,0 +1,261 @@
+"""Units of scoring work, their checkpoints, and running them inline or in worker processes.
+
+``bench eval`` cuts a split into chunks of rows and ``bench stress`` into grid points; both are
+*units*: a row range, an optional perturbation chain, and the metric state they produce. A unit's
+state is checkpointed as soon as it is done (with its per-sample records when the run keeps
+them), so an interrupted run redoes only the missing units; and because metric states add up
+(:meth:`MetricState.merge`), units can be scored by any number of processes in any order and
+still give the numbers of a single pass.
+
+Each checkpoint carries the hash of everything that decides its numbers -- model and weights,
+options, data fingerprint, protocol, perturbation seed, the unit itself, the versions of the
+libraries that decode and perturb images. A checkpoint whose hash does not match the current
+run is ignored and overwritten, never merged in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from dolos_bench.data.reader import Split, open_split
+
+from .localizers import load_localizer
+from .metrics import MetricState
+from .protocols import Protocol, get_protocol
+
+CHECKPOINT_VERSION = 1
+
+
+class RunInterrupted(RuntimeError):
+    """Raised by ``stop_after`` (tests, benchmarks): the checkpoints written so far stay."""
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Rows ``[start, stop)`` of the split, perturbed by ``chain`` (a chain spec; empty = none)."""
+
+    index: int
+    name: str
+    start: int
+    stop: int
+    chain: tuple[Mapping[str, Any], ...] = ()
+    keep_records: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "start": self.start, "stop": self.stop, "chain": [dict(c) for c in self.chain],
+                "records": self.keep_records}
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything a worker process needs to rebuild the run: plain values, cheap to pickle."""
+
+    model: str
+    data: str
+    split: str
+    limit: int | None
+    device: str
+    options: dict[str, Any]
+    protocol: str
+    batch_size: int
+    chain_seed: int = 0
+    checkpoint_folder: str | None = None
+    run_key: dict[str, Any] = field(default_factory=dict)
+
+
+class Checkpoints:
+    """``NNNN.json`` (key + metric state) per finished unit, plus ``NNNN.jsonl`` records if kept.
+
+    The JSONL is written first and the JSON last, each atomically: the JSON is the unit's
+    completion mark, so a crash between the two leaves a unit that is simply redone.
+    """
+
+    def __init__(self, folder: Path, run_key: Mapping[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.run_key = dict(run_key)
+
+    def key(self, unit: WorkUnit) -> str:
+        blob = json.dumps({"run": self.run_key, "unit": unit.identity(), "v": CHECKPOINT_VERSION},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def state_path(self, unit: WorkUnit) -> Path:
+        return self.folder / f"{unit.index:04d}.json"
+
+    def records_path(self, unit: WorkUnit) -> Path:
+        return self.folder / f"{unit.index:04d}.jsonl"
+
+    def load(self, unit: WorkUnit) -> MetricState | None:
+        try:
+            saved = json.loads(self.state_path(unit).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("key") != self.key(unit):
+            return None
+        if unit.keep_records and not self.records_path(unit).is_file():
+            return None
+        try:
+            return MetricState.from_dict(saved["state"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _write(self, path: Path, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def save(self, unit: WorkUnit, state: MetricState, records: Sequence[Mapping[str, Any]] | None = None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if unit.keep_records:
+            self._write(self.records_path(unit),
+                        "".join(json.dumps(r, default=str, sort_keys=True) + "\n" for r in records or []))
+        self._write(self.state_path(unit), json.dumps({"key": self.key(unit), "unit": unit.identity(),
+                                                       "state": state.to_dict()}))
+
+    def clear(self) -> None:
+        if self.folder.exists():
+            for path in self.folder.iterdir():
+                path.unlink()
+            self.folder.rmdir()
+
+
+def score_unit(
+    localizer: Any,
+    ds: Split,
+    proto: Protocol,
+    setup: RunSetup,
+    unit: WorkUnit,
+    checkpoints: Checkpoints | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MetricState:
+    """Score one unit and checkpoint it (with its records when the unit keeps them)."""
+    from dolos_bench.build.perturb import parse_chain
+
+    from .runner import score_split
+
+    records: list[dict[str, Any]] = []
+    chain = parse_chain([dict(c) for c in unit.chain]) if unit.chain else None
+    state = score_split(localizer, ds.select(unit.start, unit.stop), proto, batch_size=setup.batch_size,
+                        chain=chain, chain_seed=setup.chain_seed,
+                        on_record=records.append if unit.keep_records else None, progress=progress)
+    if checkpoints is not None:
+        checkpoints.save(unit, state, records)
+    return state
+
+
+# -- worker processes --------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(setup: RunSetup) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    folder = setup.checkpoint_folder
+    _WORKER.update(
+        setup=setup,
+        localizer=load_localizer(setup.model, device=setup.device, options=dict(setup.options)),
+        ds=open_split(setup.data, setup.split, setup.limit, verify=False),  # verified by the parent
+        proto=get_protocol(setup.protocol),
+        checkpoints=Checkpoints(Path(folder), setup.run_key) if folder else None,
+    )
+
+
+def _score_in_worker(unit: WorkUnit) -> dict[str, Any]:
+    state = score_unit(_WORKER["localizer"], _WORKER["ds"], _WORKER["proto"], _WORKER["setup"], unit,
+                       _WORKER["checkpoints"])
+    return state.to_dict()
+
+
+def _pool(setup: RunSetup, units: Sequence[WorkUnit], workers: int) -> Iterator[tuple[WorkUnit, MetricState]]:
+    """Score units in a process pool; yield each with its state as it finishes (any order).
+
+    A failure in a worker re-raises here with the worker's message; units not started yet are
+    dropped, so the run stops soon instead of finishing work whose results will not be used.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # forkserver: workers fork from a clean server, not from this process and its threads.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dolos_bench.eval.work"])
+    with ProcessPoolExecutor(min(workers, len(units)), mp_context=context, initializer=_init_worker,
+                             initargs=(setup,)) as pool:
+        futures = {pool.submit(_score_in_worker, unit): unit for unit in units}
+        remaining = set(futures)
+        try:
+            while remaining:
+                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield futures[future], MetricState.from_dict(future.result())
+        except BaseException:
+            for future in remaining:
+                future.cancel()
+            raise
+
+
+def run_units(
+    units: Sequence[WorkUnit],
+    setup: RunSetup,
+    *,
+    localizer: Any,
+    ds: Split,
+    proto: Protocol,
+    checkpoints: Checkpoints | None,
+    workers: int = 1,
+    progress: Callable[[int, int, str], None] | None = None,
+    stop_after: int | None = None,
+) -> tuple[dict[int, MetricState], int]:
+    """Every unit's state, by index, and how many came from checkpoints.
+
+    ``progress(done, total, label)`` counts samples over all units. ``stop_after`` scores at
+    most that many new units, then raises :class:`RunInterrupted`.
+    """
+    states: dict[int, MetricState] = {}
+    pending: list[WorkUnit] = []
+    for unit in units:
+        state = checkpoints.load(unit) if checkpoints is not None else None
+        if state is None:
+            pending.append(unit)
+        else:
+            states[unit.index] = state
+    resumed = len(states)
+    if stop_after is not None:
+        pending = pending[:stop_after]
+    total = sum(u.stop - u.start for u in units)
+    done = sum(u.stop - u.start for u in units if u.index in states)
+    if progress:
+        progress(done, total, f"resumed {resumed}" if resumed else (units[0].name if units else ""))
+    if workers <= 1 or len(pending) <= 1:
+        for unit in pending:
+            report = (lambda d, t, base=done, label=unit.name: progress(base + d, total, label)) if progress else None
+            states[unit.index] = score_unit(localizer, ds, proto, setup, unit, checkpoints, report)
+            done += unit.stop - unit.start
+    else:
+        for unit, state in _pool(setup, pending, workers):
+            states[unit.index] = state
+            done += unit.stop - unit.start
+            if progress:
+                progress(done, total, unit.name)
+    if len(states) < len(units):
+        where = f"; checkpoints in {checkpoints.folder}" if checkpoints is not None else ""
+        raise RunInterrupted(f"stopped after {len(states) - resumed} unit(s){where}")
+    return states, resumed
+
+
+__all__ = ["Checkpoints", "RunInterrupted", "RunSetup", "WorkUnit", "run_units", "score_unit"]

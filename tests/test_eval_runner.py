@@ -1,0 +1,128 @@
+"""`bench eval` in chunks: any chunk size, any number of processes, interrupted or not -- the same bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dolos_bench.cli import main
+from dolos_bench.data.reader import open_split
+from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
+from dolos_bench.eval.runner import EvalInterrupted, run_eval
+
+from helpers import make_image_folder, tiny_recipe
+
+
+class BrightnessLocalizer(Localizer):
+    """Map = normalised brightness; image score = its mean. Deterministic and image-dependent."""
+
+    name = "brightness"
+
+    def __init__(self, device: str = "cpu", fail_on: str | None = None, gain: float = 1.0) -> None:
+        super().__init__(device=device, fail_on=fail_on, gain=gain)
+        self.fail_on, self.gain = fail_on, float(gain)
+
+    def predict(self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> LocalizerOutput:
+        if self.fail_on is not None and ids is not None and self.fail_on in ids:
+            raise RuntimeError(f"cannot score {self.fail_on}")
+        maps = [np.clip(im.astype(np.float32).mean(axis=2) / 255.0 * self.gain, 0, 1) for im in images]
+        return LocalizerOutput(maps, [float(m.mean()) for m in maps])
+
+
+MODEL = f"{__name__}:BrightnessLocalizer"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runner")
+    recipe = tiny_recipe(root / "r.yaml", make_image_folder(root / "src", n=8))
+    out = root / "ds"
+    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _eval(dataset: Path, out: Path | None, **kw: Any):
+    kw.setdefault("split", "train")
+    kw.setdefault("bootstrap", 30)
+    return run_eval(MODEL, str(dataset), out=out, **kw)
+
+
+def _numbers(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    data.pop("provenance")
+    data["info"].pop("resumed_chunks", None)
+    return data
+
+
+@pytest.fixture(scope="module")
+def reference(dataset: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "ref.json"
+    _eval(dataset, out, protocol="dolos")
+    return out
+
+
+@pytest.mark.parametrize(("chunk_size", "workers"), [(1, 1), (3, 1), (5, 2), (100, 2)])
+def test_chunks_and_workers_do_not_change_a_byte(tmp_path: Path, dataset: Path, reference: Path,
+                                                 chunk_size: int, workers: int) -> None:
+    out = tmp_path / "r.json"
+    result = _eval(dataset, out, protocol="dolos", chunk_size=chunk_size, workers=workers)
+    assert _numbers(out) == _numbers(reference)
+    assert "dolos" in result.results.info
+    samples = out.with_suffix(".samples.jsonl").read_bytes()
+    assert samples == reference.with_suffix(".samples.jsonl").read_bytes()
+    ids = [json.loads(line)["id"] for line in samples.decode().splitlines()]
+    assert ids == open_split(dataset, "train").column("id")  # dataset order, whatever finished first
+    assert not (tmp_path / ".r.json.eval").exists()
+
+
+def test_interrupted_eval_resumes_to_the_same_bytes(tmp_path: Path, dataset: Path, reference: Path) -> None:
+    out = tmp_path / "r.json"
+    with pytest.raises(EvalInterrupted):
+        _eval(dataset, out, protocol="dolos", chunk_size=4, stop_after_chunks=2)
+    assert not out.exists() and not out.with_suffix(".samples.jsonl").exists()
+    folder = tmp_path / ".r.json.eval"
+    assert sorted(p.name for p in folder.iterdir()) == ["0000.json", "0000.jsonl", "0001.json", "0001.jsonl"]
+    # Another model's (or options') chunks are not merged in.
+    other = _eval(dataset, None, chunk_size=4, model_args={"gain": 0.5})
+    assert other.results.metrics != json.loads(reference.read_text())["metrics"]
+    (folder / "0001.jsonl").unlink()  # a chunk without its records is redone
+    resumed = _eval(dataset, out, protocol="dolos", chunk_size=4)
+    assert resumed.results.info["resumed_chunks"] == 1
+    assert _numbers(out) == _numbers(reference)
+    assert out.with_suffix(".samples.jsonl").read_bytes() == reference.with_suffix(".samples.jsonl").read_bytes()
+    assert not folder.exists()
+
+
+def test_changed_options_invalidate_checkpoints(tmp_path: Path, dataset: Path) -> None:
+    out = tmp_path / "r.json"
+    with pytest.raises(EvalInterrupted):
+        _eval(dataset, out, chunk_size=4, stop_after_chunks=1, model_args={"gain": 0.5})
+    result = _eval(dataset, out, chunk_size=4, model_args={"gain": 2.0})
+    assert "resumed_chunks" not in result.results.info
+
+
+def test_model_failure_keeps_finished_chunks_and_writes_no_results(tmp_path: Path, dataset: Path) -> None:
+    ids = open_split(dataset, "train").column("id")
+    out = tmp_path / "r.json"
+    for workers in (1, 2):
+        with pytest.raises(LocalizerError, match=rf"cannot score {ids[9]}"):
+            _eval(dataset, out, chunk_size=4, workers=workers, model_args={"fail_on": ids[9]})
+        assert not out.exists() and not out.with_suffix(".samples.jsonl").exists()
+    assert (tmp_path / ".r.json.eval" / "0000.json").exists()  # chunk 1 is kept for the re-run
+
+
+def test_eval_command_with_workers(tmp_path: Path, dataset: Path, reference: Path) -> None:
+    out = tmp_path / "cli.json"
+    result = CliRunner().invoke(main, ["eval", MODEL, "--data", str(dataset), "--split", "train", "--protocol", "dolos",
+                                       "--bootstrap", "30", "--workers", "2", "--chunk-size", "6", "--out", str(out),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _numbers(out) == _numbers(reference)
+    bad = CliRunner().invoke(main, ["eval", MODEL, "--data", str(dataset), "--chunk-size", "0"])
+    assert bad.exit_code == 2 and "chunk-size" in bad.output
