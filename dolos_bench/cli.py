@@ -169,6 +169,17 @@ def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}")
 
 
+def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
+    from .eval.localizers import parse_model_args
+
+    options = parse_model_args(list(model_args))
+    if weights is not None:
+        if "weights" in options:
+            raise ValueError("weights given twice: as --weights and as --model-arg weights=...")
+        options["weights"] = weights
+    return options
+
+
 @main.command("eval")
 @click.argument("model")
 @click.option("--data", required=True, help="Dataset folder or Hugging Face id.")
@@ -178,6 +189,8 @@ def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
+@click.option("--weights", default=None, type=click.Path(exists=True),
+              help="Weights file or folder for a registered or module:Class model; its sha256 goes into the results.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Results JSON (+ .samples.jsonl); an interrupted run with the same --out resumes.")
@@ -187,15 +200,14 @@ def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
               help="Samples per chunk: the unit of resuming and of parallel work.")
 @click.option("--quiet", is_flag=True)
 def eval_command(model: str, data: str, split: str, protocol: str, device: str, batch_size: int,
-                 limit: int | None, model_args: tuple[str, ...], bootstrap: int, out: str | None, workers: int,
-                 chunk_size: int, quiet: bool) -> None:
+                 limit: int | None, model_args: tuple[str, ...], weights: str | None, bootstrap: int,
+                 out: str | None, workers: int, chunk_size: int, quiet: bool) -> None:
     """Score MODEL (registered name, module:Class, predictions folder/archive, .pt or .onnx file)."""
     from .eval.api import LocalizerError
-    from .eval.localizers import parse_model_args
     from .eval.runner import run_eval
 
     try:
-        options = parse_model_args(list(model_args))
+        options = _model_options(model_args, weights)
         with progress_bar(f"eval {model}", quiet=quiet) as bar:
             task = bar.add_task(f"eval {model}", total=None, rate="")
             result = run_eval(model, data, split=split, protocol=protocol, device=device, batch_size=batch_size,
@@ -233,6 +245,8 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
+@click.option("--weights", default=None, type=click.Path(exists=True),
+              help="Weights file or folder for a registered or module:Class model; its sha256 goes into the results.")
 @click.option("--only", default=None, metavar="NAME[,NAME]", help="Run only these perturbations of the suite.")
 @click.option("--metric", default=None, help="Headline metric of the summary and curves (default: the suite's).")
 @click.option("--bootstrap", default=200, show_default=True, type=click.IntRange(0),
@@ -241,15 +255,14 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
               help="Processes scoring grid points in parallel, each with its own copy of the model.")
 @click.option("--quiet", is_flag=True)
 def stress(model: str, data: str, suite: str, out: str, split: str, protocol: str, device: str, batch_size: int,
-           limit: int | None, model_args: tuple[str, ...], only: str | None, metric: str | None, bootstrap: int,
-           workers: int, quiet: bool) -> None:
+           limit: int | None, model_args: tuple[str, ...], weights: str | None, only: str | None,
+           metric: str | None, bootstrap: int, workers: int, quiet: bool) -> None:
     """Score MODEL under a grid of perturbations x severities; resumes an interrupted sweep."""
     from .eval.api import LocalizerError
-    from .eval.localizers import parse_model_args
     from .eval.stress import run_stress
 
     try:
-        options = parse_model_args(list(model_args))
+        options = _model_options(model_args, weights)
         with progress_bar(f"stress {model}", quiet=quiet) as bar:
             task = bar.add_task(f"stress {model}", total=None, rate="")
 

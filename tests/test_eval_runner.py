@@ -126,3 +126,61 @@ def test_eval_command_with_workers(tmp_path: Path, dataset: Path, reference: Pat
     assert _numbers(out) == _numbers(reference)
     bad = CliRunner().invoke(main, ["eval", MODEL, "--data", str(dataset), "--chunk-size", "0"])
     assert bad.exit_code == 2 and "chunk-size" in bad.output
+
+
+class WeightedLocalizer(BrightnessLocalizer):
+    """Reads its gain from a weights file (.npy) or folder (gain.npy inside), like a trained model would."""
+
+    name = "weighted"
+
+    def __init__(self, device: str = "cpu", weights: str | None = None) -> None:
+        if weights is None:
+            raise ValueError("weighted needs --weights")
+        path = Path(weights)
+        gain = float(np.load(path / "gain.npy" if path.is_dir() else path))
+        super().__init__(device=device, gain=gain)
+        self.options = {"weights": weights}
+
+
+def test_weights_are_passed_on_and_hashed(tmp_path: Path, dataset: Path) -> None:
+    import hashlib
+
+    from dolos_bench.eval.localizers import LocalizerLoadError, load_localizer, weights_sha256
+    from dolos_bench.eval.results import load_results
+
+    weights = tmp_path / "w.npy"
+    np.save(weights, np.float32(0.5))
+    out = tmp_path / "w.json"
+    result = CliRunner().invoke(main, ["eval", f"{__name__}:WeightedLocalizer", "--weights", str(weights), "--data",
+                                       str(dataset), "--split", "train", "--bootstrap", "0", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    model = load_results(out).model
+    assert model.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert model.options == {"weights": str(weights)}
+    half = _eval(dataset, None, model_args={"gain": 0.5}, bootstrap=0)
+    assert load_results(out).metrics == half.results.metrics  # the weights were really used
+
+    # A folder hashes its files' contents and names, not their order or timestamps.
+    folder = tmp_path / "wdir"
+    (folder / "sub").mkdir(parents=True)
+    np.save(folder / "gain.npy", np.float32(0.5))
+    (folder / "sub" / "config.json").write_text("{}")
+    digest = weights_sha256(folder)
+    assert load_localizer(f"{__name__}:WeightedLocalizer", options={"weights": str(folder)}).identity()[
+        "weights_sha256"] == digest
+    (folder / "sub" / "config.json").write_text('{"a": 1}')
+    assert weights_sha256(folder) != digest
+
+    with pytest.raises(LocalizerLoadError, match="no such file or folder"):
+        load_localizer(f"{__name__}:WeightedLocalizer", options={"weights": str(tmp_path / "missing.pt")})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LocalizerLoadError, match="holds no files"):
+        load_localizer(f"{__name__}:WeightedLocalizer", options={"weights": str(empty)})
+    twice = CliRunner().invoke(main, ["eval", f"{__name__}:WeightedLocalizer", "--weights", str(weights),
+                                      "--model-arg", f"weights={weights}", "--data", str(dataset)])
+    assert twice.exit_code == 2 and "weights given twice" in twice.output
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(b"not really onnx")
+    with pytest.raises(LocalizerLoadError, match="carries its own weights"):
+        load_localizer(model_file, options={"weights": str(weights)})

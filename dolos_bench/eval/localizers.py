@@ -44,6 +44,7 @@ __all__ = [
     "file_sha256",
     "load_localizer",
     "parse_model_args",
+    "weights_sha256",
 ]
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
@@ -147,6 +148,26 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 of a weights file, or of a weights folder (e.g. a diffusers/transformers directory).
+
+    A folder hashes the sorted list of (relative path, file sha256) pairs, so the digest names
+    the exact bytes of every file and where it lies, whatever order the filesystem lists them in.
+    """
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        raise LocalizerLoadError(f"weights {str(path)!r}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise LocalizerLoadError(f"weights folder {str(path)!r} holds no files")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -611,7 +632,8 @@ def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
-def _instantiate(factory: Any, spec: str, kind: str, device: str, options: dict[str, Any]) -> Localizer:
+def _instantiate(factory: Any, spec: str, kind: str, device: str, options: dict[str, Any],
+                 weights_digest: str | None = None) -> Localizer:
     if isinstance(factory, type) and not issubclass(factory, Localizer):
         raise LocalizerLoadError(
             f"{spec!r} is the class {factory.__module__}.{factory.__qualname__}, which is not a"
@@ -627,11 +649,11 @@ def _instantiate(factory: Any, spec: str, kind: str, device: str, options: dict[
         raise LocalizerLoadError(
             f"{spec!r} returned a {type(localizer).__name__}, not a dolos_bench.eval.api.Localizer"
         )
-    _stamp_identity(localizer, kind=kind, path=spec)
+    _stamp_identity(localizer, kind=kind, path=spec, weights_digest=weights_digest)
     return localizer
 
 
-def _stamp_identity(localizer: Localizer, *, kind: str, path: str) -> None:
+def _stamp_identity(localizer: Localizer, *, kind: str, path: str, weights_digest: str | None = None) -> None:
     """Give a plug-in's own ``identity()`` the fields every results file needs.
 
     The plug-in's answer wins for anything it sets (it may know its weights' hash); we only add
@@ -646,6 +668,8 @@ def _stamp_identity(localizer: Localizer, *, kind: str, path: str) -> None:
         info.setdefault("name", getattr(localizer, "name", type(localizer).__name__))
         info["kind"] = kind
         info.setdefault("path", path)
+        if weights_digest is not None and not info.get("weights_sha256"):
+            info["weights_sha256"] = weights_digest  # what `--weights` pointed at, hashed by us
         info.setdefault("weights_sha256", None)
         return info
 
@@ -661,12 +685,24 @@ def load_localizer(
     """Build the localizer that ``spec`` names (file, folder/archive, ``module:Class`` or name).
 
     ``options`` are the parsed ``--model-arg`` values, passed to the adapter or class as keyword
-    arguments. Unknown registry names raise :class:`~dolos_bench.registry.UnknownNameError`
-    with did-you-mean suggestions.
+    arguments. A ``weights`` option (``--weights PATH``) must name an existing file or folder; it
+    is passed on as a path string and hashed (:func:`weights_sha256`) into the identity's
+    ``weights_sha256`` unless the plug-in reports its own. Unknown registry names raise
+    :class:`~dolos_bench.registry.UnknownNameError` with did-you-mean suggestions.
     """
     opts = dict(options or {})
     text = str(spec)
     path = Path(text).expanduser()
+    weights_digest = None
+    if opts.get("weights") not in (None, ""):
+        if path.is_file() and _has_suffix(path, TORCHSCRIPT_SUFFIXES + ONNX_SUFFIXES + ARCHIVE_SUFFIXES) or path.is_dir():
+            raise LocalizerLoadError(
+                f"--weights is for registered and module:Class localizers; {text!r} is a model file or "
+                "predictions, which carries its own weights"
+            )
+        weights_path = Path(str(opts["weights"])).expanduser()
+        weights_digest = weights_sha256(weights_path)
+        opts["weights"] = str(weights_path)
     if path.is_file() and _has_suffix(path, TORCHSCRIPT_SUFFIXES):
         return TorchScriptLocalizer(path, device=device, **opts)
     if path.is_file() and _has_suffix(path, ONNX_SUFFIXES):
@@ -686,7 +722,7 @@ def load_localizer(
         raise LocalizerLoadError(f"{text!r} looks like a path, but no such file or folder exists")
     if ":" in text:
         factory: Callable[..., Any] = import_target(text)  # type: ignore[assignment]
-        return _instantiate(factory, text, "class", device, opts)
+        return _instantiate(factory, text, "class", device, opts, weights_digest)
     factory = LOCALIZERS.get(text)  # UnknownNameError with did-you-mean for typos
     target = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', text)}"
-    return _instantiate(factory, target, "registry", device, opts)
+    return _instantiate(factory, target, "registry", device, opts, weights_digest)
