@@ -191,6 +191,8 @@ def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
 @click.option("--weights", default=None, type=click.Path(exists=True),
               help="Weights file or folder for a registered or module:Class model; its sha256 goes into the results.")
+@click.option("--exact", is_flag=True,
+              help="Exact pooled AUC/AP instead of 10,000-bin histograms (memory grows with the images: small sets).")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Results JSON (+ .samples.jsonl); an interrupted run with the same --out resumes.")
@@ -200,7 +202,7 @@ def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
               help="Samples per chunk: the unit of resuming and of parallel work.")
 @click.option("--quiet", is_flag=True)
 def eval_command(model: str, data: str, split: str, protocol: str, device: str, batch_size: int,
-                 limit: int | None, model_args: tuple[str, ...], weights: str | None, bootstrap: int,
+                 limit: int | None, model_args: tuple[str, ...], weights: str | None, exact: bool, bootstrap: int,
                  out: str | None, workers: int, chunk_size: int, quiet: bool) -> None:
     """Score MODEL (registered name, module:Class, predictions folder/archive, .pt or .onnx file)."""
     from .eval.api import LocalizerError
@@ -212,7 +214,7 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
             task = bar.add_task(f"eval {model}", total=None, rate="")
             result = run_eval(model, data, split=split, protocol=protocol, device=device, batch_size=batch_size,
                               limit=limit, out=Path(out) if out else None, model_args=options, bootstrap=bootstrap,
-                              workers=workers, chunk_size=chunk_size,
+                              workers=workers, chunk_size=chunk_size, exact=exact,
                               progress=lambda d, t: bar.update(task, completed=d, total=t),
                               command=" ".join(["bench", "eval", *sys.argv[2:]]))
     except (LocalizerError, ValueError, KeyError, ImportError) as exc:
@@ -247,6 +249,8 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
 @click.option("--weights", default=None, type=click.Path(exists=True),
               help="Weights file or folder for a registered or module:Class model; its sha256 goes into the results.")
+@click.option("--exact", is_flag=True,
+              help="Exact pooled AUC/AP instead of 10,000-bin histograms (memory grows with the images: small sets).")
 @click.option("--only", default=None, metavar="NAME[,NAME]", help="Run only these perturbations of the suite.")
 @click.option("--metric", default=None, help="Headline metric of the summary and curves (default: the suite's).")
 @click.option("--bootstrap", default=200, show_default=True, type=click.IntRange(0),
@@ -255,7 +259,7 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
               help="Processes scoring grid points in parallel, each with its own copy of the model.")
 @click.option("--quiet", is_flag=True)
 def stress(model: str, data: str, suite: str, out: str, split: str, protocol: str, device: str, batch_size: int,
-           limit: int | None, model_args: tuple[str, ...], weights: str | None, only: str | None,
+           limit: int | None, model_args: tuple[str, ...], weights: str | None, exact: bool, only: str | None,
            metric: str | None, bootstrap: int, workers: int, quiet: bool) -> None:
     """Score MODEL under a grid of perturbations x severities; resumes an interrupted sweep."""
     from .eval.api import LocalizerError
@@ -272,7 +276,7 @@ def stress(model: str, data: str, suite: str, out: str, split: str, protocol: st
             result = run_stress(model, data, suite=suite, out=Path(out), split=split, protocol=protocol,
                                 device=device, batch_size=batch_size, limit=limit, model_args=options,
                                 only=[o.strip() for o in only.split(",") if o.strip()] if only else None,
-                                metric=metric, bootstrap=bootstrap, workers=workers, progress=report,
+                                metric=metric, bootstrap=bootstrap, workers=workers, exact=exact, progress=report,
                                 command=" ".join(["bench", "stress", *sys.argv[2:]]))
     except (LocalizerError, ValueError, KeyError, ImportError) as exc:
         fail(str(exc))

@@ -184,3 +184,31 @@ def test_weights_are_passed_on_and_hashed(tmp_path: Path, dataset: Path) -> None
     model_file.write_bytes(b"not really onnx")
     with pytest.raises(LocalizerLoadError, match="carries its own weights"):
         load_localizer(model_file, options={"weights": str(weights)})
+
+
+def test_exact_mode_end_to_end_matches_sklearn(tmp_path: Path, dataset: Path) -> None:
+    import io
+
+    from PIL import Image
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from dolos_bench.data.reader import read_rows
+
+    inline = _eval(dataset, tmp_path / "a.json", exact=True, bootstrap=0)
+    pooled = _eval(dataset, tmp_path / "b.json", exact=True, bootstrap=0, workers=2, chunk_size=4)
+    assert _numbers(tmp_path / "a.json") == _numbers(tmp_path / "b.json")
+    assert inline.results.protocol.details["exact"] is True
+    scores, truth = [], []
+    for row in read_rows(dataset, "train"):
+        image = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"))
+        mask = np.asarray(Image.open(io.BytesIO(row["mask"]["bytes"]))) > 0
+        score_map = BrightnessLocalizer().predict([image]).maps[0]
+        assert score_map.shape == mask.shape  # no resize: the reference needs none either
+        scores.append(score_map.ravel())
+        truth.append(mask.ravel())
+    s, t = np.concatenate(scores), np.concatenate(truth)
+    metrics = pooled.results.metrics
+    assert metrics["pixel/auc/pooled/all"].value == pytest.approx(roc_auc_score(t, s), abs=1e-12)
+    assert metrics["pixel/ap/pooled/all"].value == pytest.approx(average_precision_score(t, s), abs=1e-12)
+    binned = _eval(dataset, None, bootstrap=0)
+    assert binned.results.metrics["pixel/auc/pooled/all"].value == pytest.approx(roc_auc_score(t, s), abs=1e-3)

@@ -29,7 +29,7 @@ authors share between their Grad-CAM, Patches and Attention methods:
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -120,12 +120,18 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def get_protocol(name: str) -> Protocol:
-    """The protocol registered under ``name``."""
+def get_protocol(name: str, *, exact: bool = False) -> Protocol:
+    """The protocol registered under ``name``; ``exact`` switches pooled AUC/AP to the exact mode.
+
+    Exact mode keeps every distinct pixel score instead of 10,000-bin histograms: exact to the
+    last digit, but its memory grows with the number of images, so it is meant for small sets.
+    The switch is recorded in the results' ``protocol.details.exact``.
+    """
     try:
-        return PROTOCOLS[name]
+        protocol = PROTOCOLS[name]
     except KeyError:
         raise KeyError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}") from None
+    return replace(protocol, exact=True) if exact else protocol
 
 
 # --------------------------------------------------------------------------------------------

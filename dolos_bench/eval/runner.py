@@ -191,6 +191,7 @@ def run_eval(
     model_args: Mapping[str, Any] | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    exact: bool = False,
     workers: int = 1,
     chunk_size: int = 1024,
     progress: Callable[[int, int], None] | None = None,
@@ -207,7 +208,7 @@ def run_eval(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    proto = get_protocol(protocol)
+    proto = get_protocol(protocol, exact=exact)
     start = time.perf_counter()
     ds = open_split(data, split, limit)
     ids = ds.column("id")
@@ -220,7 +221,7 @@ def run_eval(
                "protocol_name": proto.name, "packages": package_versions()}
     checkpoints = Checkpoints(out.parent / f".{out.name}.eval", run_key) if out is not None else None
     setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
-                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size,
+                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size, exact=exact,
                      checkpoint_folder=str(checkpoints.folder) if checkpoints else None, run_key=run_key)
     units = [WorkUnit(i, f"chunk {i + 1}", begin, min(begin + chunk_size, len(ids)), keep_records=out is not None)
              for i, begin in enumerate(range(0, len(ids), chunk_size))]

@@ -133,6 +133,7 @@ def run_stress(
     metric: str | None = None,
     bootstrap: int = 200,
     seed: int = 0,
+    exact: bool = False,
     plots: bool = True,
     workers: int = 1,
     progress: Callable[[int, int, str], None] | None = None,
@@ -164,7 +165,7 @@ def run_stress(
         if any(part in metric for part in LOWER_IS_BETTER):
             raise StressError(f"{metric!r} is lower-is-better; the stress summary needs a higher-is-better metric")
     grid = expand(suite_obj, only)
-    proto: Protocol = get_protocol(protocol)
+    proto: Protocol = get_protocol(protocol, exact=exact)
     out = Path(out)
     if out.suffix != ".json":
         raise StressError(f"--out must name a .json results file, got {out}")
@@ -190,7 +191,7 @@ def run_stress(
     }
     checkpoints = Checkpoints(out.parent / f".{out.name}.stress", run_key)
     setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
-                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size,
+                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size, exact=exact,
                      chain_seed=suite_obj.seed, checkpoint_folder=str(checkpoints.folder), run_key=run_key)
     load_s = time.perf_counter() - start
 

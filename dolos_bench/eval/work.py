@@ -64,6 +64,7 @@ class RunSetup:
     options: dict[str, Any]
     protocol: str
     batch_size: int
+    exact: bool = False
     chain_seed: int = 0
     checkpoint_folder: str | None = None
     run_key: dict[str, Any] = field(default_factory=dict)
@@ -171,7 +172,7 @@ def _init_worker(setup: RunSetup) -> None:
         setup=setup,
         localizer=load_localizer(setup.model, device=setup.device, options=dict(setup.options)),
         ds=open_split(setup.data, setup.split, setup.limit, verify=False),  # verified by the parent
-        proto=get_protocol(setup.protocol),
+        proto=get_protocol(setup.protocol, exact=setup.exact),
         checkpoints=Checkpoints(Path(folder), setup.run_key) if folder else None,
     )
 
