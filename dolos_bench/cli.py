@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 from rich.console import Console
@@ -180,19 +181,31 @@ def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
     return options
 
 
+def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options `bench eval` and `bench stress` share: which data, how to run the model, how to score."""
+    options = [
+        click.option("--data", required=True, help="Dataset folder or Hugging Face id."),
+        click.option("--split", default="test", show_default=True),
+        click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True),
+        click.option("--device", default="cpu", show_default=True),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1)),
+        click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples."),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE"),
+        click.option("--weights", default=None, type=click.Path(exists=True),
+                     help="Weights file or folder for a registered or module:Class model; its sha256 goes into"
+                          " the results."),
+        click.option("--exact", is_flag=True,
+                     help="Exact pooled AUC/AP instead of 10,000-bin histograms (memory grows with the images:"
+                          " small sets)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("eval")
 @click.argument("model")
-@click.option("--data", required=True, help="Dataset folder or Hugging Face id.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
-@click.option("--weights", default=None, type=click.Path(exists=True),
-              help="Weights file or folder for a registered or module:Class model; its sha256 goes into the results.")
-@click.option("--exact", is_flag=True,
-              help="Exact pooled AUC/AP instead of 10,000-bin histograms (memory grows with the images: small sets).")
+@_scoring_options
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Results JSON (+ .samples.jsonl); an interrupted run with the same --out resumes.")
@@ -236,21 +249,11 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
 
 @main.command()
 @click.argument("model")
-@click.option("--data", required=True, help="Dataset folder or Hugging Face id.")
 @click.option("--suite", default="default", show_default=True,
               help="Suite YAML (e.g. recipes/stress/default.yaml) or a built-in suite name.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Results JSON; the curves go beside it as <stem>.curves.<metric>.png/.svg.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE")
-@click.option("--weights", default=None, type=click.Path(exists=True),
-              help="Weights file or folder for a registered or module:Class model; its sha256 goes into the results.")
-@click.option("--exact", is_flag=True,
-              help="Exact pooled AUC/AP instead of 10,000-bin histograms (memory grows with the images: small sets).")
+@_scoring_options
 @click.option("--only", default=None, metavar="NAME[,NAME]", help="Run only these perturbations of the suite.")
 @click.option("--metric", default=None, help="Headline metric of the summary and curves (default: the suite's).")
 @click.option("--bootstrap", default=200, show_default=True, type=click.IntRange(0),

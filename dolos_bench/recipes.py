@@ -12,12 +12,15 @@ import hashlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .registry import GENERATORS, MASKERS, SOURCES, Registry, did_you_mean
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class RecipeError(ValueError):
@@ -194,7 +197,7 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _unknown_keys(data: Any, model: type[BaseModel], path: str) -> list[tuple[str, str]]:
+def unknown_keys(data: Any, model: type[BaseModel], path: str) -> list[tuple[str, str]]:
     """Unknown keys of strict models, with did-you-mean suggestions (pydantic gives none)."""
     problems: list[tuple[str, str]] = []
     if not isinstance(data, dict):
@@ -210,13 +213,31 @@ def _unknown_keys(data: Any, model: type[BaseModel], path: str) -> list[tuple[st
         annotation = fields[key].annotation
         sub = _model_of(annotation)
         if sub is not None:
-            problems += _unknown_keys(value, sub, where)
+            problems += unknown_keys(value, sub, where)
         elif getattr(annotation, "__origin__", None) is list and isinstance(value, list):
             item = _model_of(annotation.__args__[0])
             if item is not None:
                 for i, element in enumerate(value):
-                    problems += _unknown_keys(element, item, f"{where}.{i}")
+                    problems += unknown_keys(element, item, f"{where}.{i}")
     return problems
+
+
+def validate_collecting(model: type[M], data: dict[str, Any]) -> tuple[M | None, list[tuple[str, str]]]:
+    """Validate ``data`` as ``model``; return it (or ``None``) and every ``(path, message)`` problem.
+
+    Unknown keys come from :func:`unknown_keys` (with suggestions, which pydantic does not give)
+    and everything else from pydantic, with paths joined by dots as a YAML author reads them.
+    """
+    problems = unknown_keys(data, model, "")
+    try:
+        return model.model_validate(data), problems
+    except ValidationError as exc:
+        for err in exc.errors():
+            if err["type"] == "extra_forbidden":
+                continue  # reported by unknown_keys, with a suggestion
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append((loc, err["msg"].removeprefix("Value error, ")))
+        return None, problems
 
 
 def _stage_problems(spec: StageSpec, registry: Registry, path: str) -> list[tuple[str, str]]:
@@ -254,17 +275,7 @@ def validate_recipe_data(data: Any, origin: str = "recipe") -> Recipe:
     """Validate a recipe mapping; raise :class:`RecipeError` listing every problem."""
     if not isinstance(data, dict):
         raise RecipeError([("", "a recipe must be a YAML mapping")], origin)
-    problems = _unknown_keys(data, Recipe, "")
-    recipe: Recipe | None = None
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            if err["type"] == "extra_forbidden":
-                continue  # reported above, with a suggestion
-            loc = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append((loc, message))
+    recipe, problems = validate_collecting(Recipe, data)
     # Stages are checked even when the rest of the recipe is broken: report everything at once.
     for key, spec_model, registry in (
         ("sources", SourceSpec, SOURCES),

@@ -49,6 +49,19 @@ def tiny_recipe(path: Path, source_dir: Path, **overrides) -> Path:
     return path
 
 
+def build_tiny(root: Path, name: str = "ds", *, images: int = 6, **overrides) -> Path:
+    """Build a tiny_recipe dataset into ``root/name`` with the `bench build` command; return the folder."""
+    from click.testing import CliRunner
+
+    from dolos_bench.cli import main
+
+    recipe = tiny_recipe(root / f"{name}.yaml", make_image_folder(root / "src", n=images), **overrides)
+    out = root / name
+    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def folder_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file a build leaves (data, card, manifest)."""
     files = sorted(p for p in root.rglob("*") if p.is_file())

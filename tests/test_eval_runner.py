@@ -15,7 +15,7 @@ from dolos_bench.data.reader import open_split
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
 from dolos_bench.eval.runner import EvalInterrupted, run_eval
 
-from helpers import make_image_folder, tiny_recipe
+from helpers import build_tiny
 
 
 class BrightnessLocalizer(Localizer):
@@ -39,12 +39,7 @@ MODEL = f"{__name__}:BrightnessLocalizer"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runner")
-    recipe = tiny_recipe(root / "r.yaml", make_image_folder(root / "src", n=8))
-    out = root / "ds"
-    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    return out
+    return build_tiny(tmp_path_factory.mktemp("runner"), images=8)
 
 
 def _eval(dataset: Path, out: Path | None, **kw: Any):
@@ -126,6 +121,8 @@ def test_eval_command_with_workers(tmp_path: Path, dataset: Path, reference: Pat
     assert _numbers(out) == _numbers(reference)
     bad = CliRunner().invoke(main, ["eval", MODEL, "--data", str(dataset), "--chunk-size", "0"])
     assert bad.exit_code == 2 and "chunk-size" in bad.output
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        _eval(dataset, None, chunk_size=0)
 
 
 class WeightedLocalizer(BrightnessLocalizer):

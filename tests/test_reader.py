@@ -15,15 +15,12 @@ from click.testing import CliRunner
 from dolos_bench.cli import main
 from dolos_bench.data.reader import DatasetReadError, DatasetsSplit, ParquetSplit, open_split, read_rows
 
-from helpers import make_image_folder, tiny_recipe
+from helpers import build_tiny
 
 
 def _build(root: Path, name: str, **overrides) -> Path:
-    recipe = tiny_recipe(root / f"{name}.yaml", make_image_folder(root / "src", n=6), **overrides)
-    out = root / name / "ds"
-    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    return out
+    (root / name).mkdir()
+    return build_tiny(root / name, "ds", **overrides)  # same folder name: what the cache got wrong
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +66,9 @@ def test_tampered_missing_and_unknown(tmp_path: Path, built: Path) -> None:
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
     with pytest.raises(DatasetReadError, match="incomplete"):
+        open_split(copy, "test")
+    (copy / "manifest.json").write_text('{"complete": tr')
+    with pytest.raises(DatasetReadError, match="unreadable manifest"):
         open_split(copy, "test")
 
 

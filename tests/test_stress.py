@@ -29,7 +29,7 @@ from dolos_bench.eval.stress import (
 from dolos_bench.eval.suite import SuiteError, expand, load_suite, validate_suite_data
 from dolos_bench.seeding import rng_for
 
-from helpers import make_image_folder, tiny_recipe
+from helpers import build_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,12 +86,7 @@ class SmallImageIntolerant(ResidualLocalizer):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stress")
-    recipe = tiny_recipe(root / "r.yaml", make_image_folder(root / "src", n=6), perturbations={"probability": 0.0, "chains": []})
-    out = root / "ds"
-    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    return out
+    return build_tiny(tmp_path_factory.mktemp("stress"), perturbations={"probability": 0.0, "chains": []})
 
 
 def _stress(dataset: Path, out: Path, **kw: Any):

@@ -11,7 +11,6 @@ no results file behind (its finished chunks stay checkpointed for the re-run).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -23,21 +22,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from PIL import Image
 
-from dolos_bench.build.perturb import Chain
-from dolos_bench.data.reader import Split, open_split
-from dolos_bench.seeding import rng_for
+from dolos_bench.data.reader import open_split
 
 from .api import LocalizerError
-from .localizers import call_localizer, load_localizer
+from .localizers import load_localizer
 from .metrics import MetricState
 from .protocols import Protocol, dolos_results, get_protocol
 from .results import (
-    Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, package_versions,
-    save_results,
+    Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, save_results,
 )
-from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_units
+from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_key, run_units, score_split
 
 
 @dataclass
@@ -59,76 +54,6 @@ def fingerprint(data: str, split: str, ids: list[str]) -> str:
     h.update(split.encode())
     h.update("\n".join(ids).encode())
     return h.hexdigest()
-
-
-def _describe_perturbation(value: str) -> str:
-    steps = json.loads(value or "[]")
-    if not steps:
-        return "none"
-    return "|".join(
-        f"{s['name']}(" + ",".join(f"{k}={v}" for k, v in sorted(s.items()) if k != "name") + ")" for s in steps
-    )
-
-
-def _decode(value: Any) -> np.ndarray:
-    if isinstance(value, dict):
-        return np.asarray(Image.open(io.BytesIO(value["bytes"])))
-    return np.asarray(value)
-
-
-def _perturb(chain: Chain, key: str | None, image: np.ndarray, seed: int, sample_id: str) -> np.ndarray:
-    try:
-        return chain.apply(image, None, rng_for(seed, "stress", key, sample_id))[0]
-    except Exception as exc:  # noqa: BLE001 - name the sample and the chain, whatever failed
-        raise ValueError(f"sample {sample_id!r}: perturbation {key} failed: {exc}") from exc
-
-
-def score_split(
-    localizer: Any,
-    ds: Split,
-    proto: Protocol,
-    *,
-    batch_size: int = 16,
-    chain: Chain | None = None,
-    chain_seed: int = 0,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> MetricState:
-    """Run ``localizer`` over every sample of ``ds`` and return the filled metric state.
-
-    With ``chain``, each image is perturbed before the localizer sees it, deterministically per
-    sample (``rng_for(chain_seed, "stress", chain.describe(), id)``), while the ground truth stays
-    the dataset's mask at its own resolution: maps are brought back to it by the protocol's
-    resize, so every grid point is scored on the same pixels and only the input got worse.
-    """
-    state = proto.make_state()
-    size = getattr(localizer, "input_size", None)
-    key = chain.describe() if chain is not None else None
-    done, total = 0, len(ds)
-    for batch in ds.batches(batch_size):
-        images = [_decode(v) for v in batch["image"]]
-        masks = [_decode(v) > 0 for v in batch["mask"]]
-        if masks and masks[0].ndim == 3:
-            masks = [m.any(axis=-1) for m in masks]
-        if chain is not None and len(chain):
-            images = [_perturb(chain, key, image, chain_seed, sample_id) for image, sample_id in zip(images, batch["id"])]
-        if size:
-            images = [np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images]
-        output = call_localizer(localizer, images, batch["id"])
-        for k, sample_id in enumerate(batch["id"]):
-            score_map = proto.resize(output.maps[k], masks[k].shape)
-            score = output.scores[k] if output.scores is not None else None
-            record = state.update(
-                score_map, masks[k], int(batch["label"][k]), score, sample_id=sample_id,
-                generator=batch["generator"][k], parts=batch["parts"][k],
-                perturbation=_describe_perturbation(batch["perturbations"][k]), source=batch["source"][k],
-            )
-            if on_record is not None:
-                on_record(record)
-        done += len(batch["id"])
-        if progress:
-            progress(done, total)
-    return state
 
 
 def model_info(localizer: Any, model: str, model_args: Mapping[str, Any] | None) -> ModelInfo:
@@ -217,12 +142,11 @@ def run_eval(
         localizer.validate(ids)
     info_model = model_info(localizer, model, model_args)
     data_fp = fingerprint(str(data), split, ids)
-    run_key = {"model": info_model.model_dump(mode="json"), "data": data_fp, "protocol": proto.info(),
-               "protocol_name": proto.name, "packages": package_versions()}
-    checkpoints = Checkpoints(out.parent / f".{out.name}.eval", run_key) if out is not None else None
+    key = run_key(info_model, data_fp, proto)
+    checkpoints = Checkpoints(out.parent / f".{out.name}.eval", key) if out is not None else None
     setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
                      options=dict(model_args or {}), protocol=protocol, batch_size=batch_size, exact=exact,
-                     checkpoint_folder=str(checkpoints.folder) if checkpoints else None, run_key=run_key)
+                     checkpoint_folder=str(checkpoints.folder) if checkpoints else None, run_key=key)
     units = [WorkUnit(i, f"chunk {i + 1}", begin, min(begin + chunk_size, len(ids)), keep_records=out is not None)
              for i, begin in enumerate(range(0, len(ids), chunk_size))]
     load_s = time.perf_counter() - start

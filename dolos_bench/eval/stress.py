@@ -33,17 +33,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from dolos_bench.registry import did_you_mean
+
 from .localizers import load_localizer
 from .protocols import Protocol, get_protocol
 from .results import (
     DatasetInfo, PerturbationSpec, Results, StressInfo, StressPoint, StressSummary,
-    collect_provenance, package_versions, save_results,
+    collect_provenance, save_results,
 )
 from .runner import (
     breakdowns_of, counts_of, fingerprint, metrics_of, model_info, open_split, protocol_info,
 )
 from .suite import LOWER_IS_BETTER, Suite, expand, load_suite
-from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_units
+from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_key, run_units
 
 
 class StressError(ValueError):
@@ -159,8 +161,6 @@ def run_stress(
     if metric is not None:
         known = metrics_known(protocol)
         if metric not in known:
-            from dolos_bench.registry import did_you_mean
-
             raise StressError(f"unknown metric {metric!r}.{did_you_mean(metric, known)}")
         if any(part in metric for part in LOWER_IS_BETTER):
             raise StressError(f"{metric!r} is lower-is-better; the stress summary needs a higher-is-better metric")
@@ -183,16 +183,11 @@ def run_stress(
     info_model = model_info(localizer, model, model_args)
     data_fp = fingerprint(str(data), split, ids)
     n = len(ids)
-    run_key = {
-        "model": info_model.model_dump(mode="json"), "data": data_fp, "protocol": proto.info(),
-        "protocol_name": proto.name, "suite_seed": suite_obj.seed,
-        # Codec and resampling libraries decide the perturbed bytes: an upgrade invalidates.
-        "packages": package_versions(),
-    }
-    checkpoints = Checkpoints(out.parent / f".{out.name}.stress", run_key)
+    key = run_key(info_model, data_fp, proto, suite_seed=suite_obj.seed)
+    checkpoints = Checkpoints(out.parent / f".{out.name}.stress", key)
     setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
                      options=dict(model_args or {}), protocol=protocol, batch_size=batch_size, exact=exact,
-                     chain_seed=suite_obj.seed, checkpoint_folder=str(checkpoints.folder), run_key=run_key)
+                     chain_seed=suite_obj.seed, checkpoint_folder=str(checkpoints.folder), run_key=key)
     load_s = time.perf_counter() - start
 
     units = [WorkUnit(0, "clean", 0, n)] + [
@@ -226,10 +221,11 @@ def run_stress(
         )
 
     axis_labels = {e.name: e.axis for e in suite_obj.perturbations}
+    curve_metrics = list(dict.fromkeys([headline, *suite_obj.curve_metrics()]))
     plot_files: dict[str, dict[str, Path]] = {}
     if plots:
         label = info_model.id
-        for m in dict.fromkeys([headline, *suite_obj.curve_metrics()]):
+        for m in curve_metrics:
             reference = clean_metrics.get(m)
             plot_files[m] = robustness_curves(
                 {label: points}, plot_stem(out, m), metric=m,
@@ -255,7 +251,7 @@ def run_stress(
             "suite": {
                 "name": suite_obj.name, "file": str(suite_file) if suite_file else None,
                 "sha256": suite_obj.sha256(), "only": list(only or []), "axes": axis_labels,
-                "plot_metrics": list(dict.fromkeys([headline, *suite_obj.curve_metrics()])),
+                "plot_metrics": curve_metrics,
             },
             "ground_truth": "dataset mask at its own resolution; perturbations touch the image only",
             "summary_definitions": {

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dolos_bench.build.perturb import Chain, parse_chain
 from dolos_bench.eval.metrics import metric_names
-from dolos_bench.recipes import RecipeError, _unknown_keys
+from dolos_bench.recipes import RecipeError, validate_collecting
+from dolos_bench.registry import did_you_mean
 
 BUILTIN_SUITES = ("default",)
 """Suites shipped with the package; ``--suite default`` finds them without a path."""
@@ -139,8 +140,6 @@ def _metric_problems(suite_data: dict[str, Any], threshold: float = 0.5) -> list
     known = metric_names(threshold)
     problems: list[tuple[str, str]] = []
     metric = suite_data.get("metric")
-    from dolos_bench.registry import did_you_mean
-
     if isinstance(metric, str):
         if metric not in known:
             problems.append(("metric", f"unknown metric {metric!r}.{did_you_mean(metric, known)}"))
@@ -157,16 +156,7 @@ def validate_suite_data(data: Any, origin: str = "suite") -> Suite:
     """Validate a suite mapping; raise :class:`SuiteError` listing every problem."""
     if not isinstance(data, dict):
         raise SuiteError([("", "a stress suite must be a YAML mapping")], origin)
-    problems = _unknown_keys(data, Suite, "")
-    suite: Suite | None = None
-    try:
-        suite = Suite.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            if err["type"] == "extra_forbidden":
-                continue
-            loc = ".".join(str(p) for p in err["loc"])
-            problems.append((loc, err["msg"].removeprefix("Value error, ")))
+    suite, problems = validate_collecting(Suite, data)
     problems += _metric_problems(data)
     entries = data.get("perturbations")
     for i, entry in enumerate(entries if isinstance(entries, list) else []):
@@ -222,8 +212,6 @@ def expand(suite: Suite, only: list[str] | None = None) -> list[GridPoint]:
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
-            from dolos_bench.registry import did_you_mean
-
             raise SuiteError(
                 [("", f"no perturbation {n!r} in suite {suite.name!r}.{did_you_mean(n, names)}"
                       f" It has: {', '.join(names)}") for n in unknown],

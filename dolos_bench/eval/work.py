@@ -1,4 +1,5 @@
-"""Units of scoring work, their checkpoints, and running them inline or in worker processes.
+"""Scoring: one pass of a localizer over rows (``score_split``), units of such work, their
+checkpoints, and running them inline or in worker processes.
 
 ``bench eval`` cuts a split into chunks of rows and ``bench stress`` into grid points; both are
 *units*: a row range, an optional perturbation chain, and the metric state they produce. A unit's
@@ -16,18 +17,28 @@ run is ignored and overwritten, never merged in.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
 
 from dolos_bench.data.reader import Split, open_split
+from dolos_bench.seeding import rng_for
 
-from .localizers import load_localizer
+from .localizers import call_localizer, load_localizer
 from .metrics import MetricState
 from .protocols import Protocol, get_protocol
+from .results import ModelInfo, package_versions
+
+if TYPE_CHECKING:
+    from dolos_bench.build.perturb import Chain
 
 CHECKPOINT_VERSION = 1
 
@@ -131,6 +142,92 @@ class Checkpoints:
             self.folder.rmdir()
 
 
+@lru_cache(maxsize=1024)
+def _describe_perturbation(value: str) -> str:
+    """The breakdown key of a sample's ``perturbations`` column: the build's own ``Chain.describe``.
+
+    A chain this version cannot parse (a newer perturbation, a hand-made dataset) keeps its raw
+    JSON as the key rather than failing the evaluation.
+    """
+    from dolos_bench.build.perturb import parse_chain
+
+    try:
+        return parse_chain(json.loads(value or "[]")).describe()
+    except (ValueError, KeyError, TypeError):
+        return value
+
+
+def _decode(value: Any) -> np.ndarray:
+    if isinstance(value, dict):
+        return np.asarray(Image.open(io.BytesIO(value["bytes"])))
+    return np.asarray(value)
+
+
+def _perturb(chain: Chain, key: str | None, image: np.ndarray, seed: int, sample_id: str) -> np.ndarray:
+    try:
+        return chain.apply(image, None, rng_for(seed, "stress", key, sample_id))[0]
+    except Exception as exc:  # noqa: BLE001 - name the sample and the chain, whatever failed
+        raise ValueError(f"sample {sample_id!r}: perturbation {key} failed: {exc}") from exc
+
+
+def score_split(
+    localizer: Any,
+    ds: Split,
+    proto: Protocol,
+    *,
+    batch_size: int = 16,
+    chain: Chain | None = None,
+    chain_seed: int = 0,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MetricState:
+    """Run ``localizer`` over every sample of ``ds`` and return the filled metric state.
+
+    With ``chain``, each image is perturbed before the localizer sees it, deterministically per
+    sample (``rng_for(chain_seed, "stress", chain.describe(), id)``), while the ground truth stays
+    the dataset's mask at its own resolution: maps are brought back to it by the protocol's
+    resize, so every grid point is scored on the same pixels and only the input got worse.
+    """
+    state = proto.make_state()
+    size = getattr(localizer, "input_size", None)
+    key = chain.describe() if chain is not None else None
+    done, total = 0, len(ds)
+    for batch in ds.batches(batch_size):
+        images = [_decode(v) for v in batch["image"]]
+        masks = [_decode(v) > 0 for v in batch["mask"]]
+        if masks and masks[0].ndim == 3:
+            masks = [m.any(axis=-1) for m in masks]
+        if chain is not None and len(chain):
+            images = [_perturb(chain, key, image, chain_seed, sample_id) for image, sample_id in zip(images, batch["id"])]
+        if size:
+            images = [np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images]
+        output = call_localizer(localizer, images, batch["id"])
+        for k, sample_id in enumerate(batch["id"]):
+            score_map = proto.resize(output.maps[k], masks[k].shape)
+            score = output.scores[k] if output.scores is not None else None
+            record = state.update(
+                score_map, masks[k], int(batch["label"][k]), score, sample_id=sample_id,
+                generator=batch["generator"][k], parts=batch["parts"][k],
+                perturbation=_describe_perturbation(batch["perturbations"][k]), source=batch["source"][k],
+            )
+            if on_record is not None:
+                on_record(record)
+        done += len(batch["id"])
+        if progress:
+            progress(done, total)
+    return state
+
+
+def run_key(model: ModelInfo, data_fingerprint: str, proto: Protocol, **extra: Any) -> dict[str, Any]:
+    """What decides every unit's numbers, for :class:`Checkpoints`: model and weights, data, protocol.
+
+    Codec and resampling libraries decide decoded and perturbed pixels, so their versions are
+    part of it: an upgrade invalidates checkpoints instead of mixing old and new numbers.
+    """
+    return {"model": model.model_dump(mode="json"), "data": data_fingerprint, "protocol": proto.info(),
+            "protocol_name": proto.name, "packages": package_versions(), **extra}
+
+
 def score_unit(
     localizer: Any,
     ds: Split,
@@ -142,8 +239,6 @@ def score_unit(
 ) -> MetricState:
     """Score one unit and checkpoint it (with its records when the unit keeps them)."""
     from dolos_bench.build.perturb import parse_chain
-
-    from .runner import score_split
 
     records: list[dict[str, Any]] = []
     chain = parse_chain([dict(c) for c in unit.chain]) if unit.chain else None
@@ -259,4 +354,4 @@ def run_units(
     return states, resumed
 
 
-__all__ = ["Checkpoints", "RunInterrupted", "RunSetup", "WorkUnit", "run_units", "score_unit"]
+__all__ = ["Checkpoints", "RunInterrupted", "RunSetup", "WorkUnit", "run_key", "run_units", "score_split", "score_unit"]
