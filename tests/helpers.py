@@ -62,6 +62,17 @@ def build_tiny(root: Path, name: str = "ds", *, images: int = 6, **overrides) ->
     return out
 
 
+def results_numbers(path: Path) -> dict:
+    """A results file without what legitimately differs between equal runs (times, command, resume counts)."""
+    import json
+
+    data = json.loads(path.read_text())
+    data.pop("provenance")
+    for key in ("resumed_chunks", "resumed_points"):
+        data["info"].pop(key, None)
+    return data
+
+
 def folder_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file a build leaves (data, card, manifest)."""
     files = sorted(p for p in root.rglob("*") if p.is_file())

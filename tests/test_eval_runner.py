@@ -15,7 +15,7 @@ from dolos_bench.data.reader import open_split
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
 from dolos_bench.eval.runner import EvalInterrupted, run_eval
 
-from helpers import build_tiny
+from helpers import build_tiny, results_numbers
 
 
 class BrightnessLocalizer(Localizer):
@@ -48,11 +48,7 @@ def _eval(dataset: Path, out: Path | None, **kw: Any):
     return run_eval(MODEL, str(dataset), out=out, **kw)
 
 
-def _numbers(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    data.pop("provenance")
-    data["info"].pop("resumed_chunks", None)
-    return data
+_numbers = results_numbers
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from dolos_bench.eval.stress import (
 from dolos_bench.eval.suite import SuiteError, expand, load_suite, validate_suite_data
 from dolos_bench.seeding import rng_for
 
-from helpers import build_tiny
+from helpers import build_tiny, results_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,12 +96,7 @@ def _stress(dataset: Path, out: Path, **kw: Any):
     return run_stress(MODEL, str(dataset), out=out, **kw)
 
 
-def _numbers(path: Path) -> dict[str, Any]:
-    """A results file without the parts that legitimately differ between runs (times, command)."""
-    data = json.loads(path.read_text())
-    data.pop("provenance")
-    data["info"].pop("resumed_points")
-    return data
+_numbers = results_numbers
 
 
 # -- suites ------------------------------------------------------------------------------------
