@@ -11,12 +11,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
 from .data.dataset_io import CARD, MANIFEST, STATE_DIR, verify_shards
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
-class PublishError(RuntimeError):
+class PublishError(UserError, RuntimeError):
     """The folder or repository id cannot be published as asked."""
 
 

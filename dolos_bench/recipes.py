@@ -17,13 +17,14 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import UserError
 from .registry import GENERATORS, MASKERS, SOURCES, Registry, did_you_mean
 
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe with problems; ``problems`` holds ``(path, message)`` pairs, all of them."""
 
     def __init__(self, problems: list[tuple[str, str]], origin: str = "recipe") -> None:

@@ -20,18 +20,19 @@ import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
+from .errors import UserError
 
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """Raised for a name that no registry entry answers to; the message suggests close names."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want the plain sentence.
         return str(self.args[0])
 
 
-class PluginLoadError(ImportError):
+class PluginLoadError(UserError, ImportError):
     """Raised when a lazy entry or an entry point cannot be imported."""
 
 

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from dolos_bench.build.base import Perturbation
 from dolos_bench.registry import PERTURBATIONS, UnknownNameError, did_you_mean
 
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-class PerturbationSpecError(ValueError):
+class PerturbationSpecError(UserError, ValueError):
     """A perturbation or chain spec that cannot be understood or has invalid parameters.
 
     A ``ValueError`` so that a pydantic validator of a recipe turns it into a ValidationError.

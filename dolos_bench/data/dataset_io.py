@@ -16,11 +16,8 @@ a shard whose record exists and whose bytes still hash to it is done; anything e
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import UserError
+from ..utils.files import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
 from .schema import COLUMNS, features
 
 STATE_DIR = ".dolos-build"
@@ -36,35 +35,8 @@ CARD = "README.md"
 MANIFEST_VERSION = 1
 
 
-class BuildFolderError(RuntimeError):
+class BuildFolderError(UserError, RuntimeError):
     """The output folder cannot be used as asked (finished build, other recipe, foreign files)."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def shard_name(split: str, index: int, total: int) -> str:
@@ -170,15 +142,9 @@ class DatasetFolder:
     ) -> ShardRecord:
         """Write one shard atomically, then its record (the order matters for resume)."""
         table = rows_to_table(rows)
-        fd, tmp = tempfile.mkstemp(dir=self.state / "tmp", suffix=".parquet")
-        os.close(fd)
-        try:
+        with atomic_path(self.data / file, suffix=".parquet", tmp_dir=self.state / "tmp") as tmp:
             pq.write_table(table, tmp, compression="zstd", write_statistics=False)
-            digest = sha256_file(Path(tmp))
-            os.replace(tmp, self.data / file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            digest = sha256_file(tmp)
         record = ShardRecord(file, split, digest, len(rows), skipped, notes)
         atomic_write_json(self.state / "shards" / f"{file}.json", asdict(record))
         return record

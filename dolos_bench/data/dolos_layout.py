@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from .dataset_io import DatasetFolder, shard_name
 from .images import decode_png, encode_png
 from .reader import DatasetReadError, read_rows
@@ -31,7 +32,7 @@ DOLOS_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 OUR_SPLITS = {v: k for k, v in DOLOS_SPLITS.items()}
 
 
-class DolosLayoutError(ValueError):
+class DolosLayoutError(UserError, ValueError):
     """A folder that is not in the Dolos layout, or a dataset that cannot be exported to it."""
 
 

@@ -22,12 +22,14 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import pyarrow.parquet as pq
 
-from .dataset_io import MANIFEST, sha256_file
+from ..errors import UserError
+from ..utils.files import sha256_file
+from .dataset_io import MANIFEST
 
 IMAGE_COLUMNS = ("image", "mask")
 
 
-class DatasetReadError(ValueError):
+class DatasetReadError(UserError, ValueError):
     """The split cannot be read as asked; the message names the folder, split or shard."""
 
 

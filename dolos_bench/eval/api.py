@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
+from ..errors import UserError
 
 
-class LocalizerError(RuntimeError):
+class LocalizerError(UserError, RuntimeError):
     """A localizer broke the protocol (wrong shape, NaN, raised); the message names the sample."""
 
 

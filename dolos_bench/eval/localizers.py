@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
-import hashlib
 import inspect
 import math
 import re
@@ -33,6 +32,7 @@ import numpy as np
 
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
 from dolos_bench.registry import LOCALIZERS, did_you_mean, import_target
+from dolos_bench.utils.files import sha256_file, sha256_path
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -41,7 +41,7 @@ __all__ = [
     "TorchScriptLocalizer",
     "call_localizer",
     "check_output",
-    "file_sha256",
+    "sha256_file",
     "load_localizer",
     "parse_model_args",
     "weights_sha256",
@@ -142,15 +142,6 @@ def _reject_unknown(kind: str, options: Mapping[str, Any], known: Iterable[str])
             )
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks so multi-GB weights need no memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(path: str | Path) -> str:
     """sha256 of a weights file, or of a weights folder (e.g. a diffusers/transformers directory).
 
@@ -158,17 +149,11 @@ def weights_sha256(path: str | Path) -> str:
     the exact bytes of every file and where it lies, whatever order the filesystem lists them in.
     """
     path = Path(path)
-    if path.is_file():
-        return file_sha256(path)
-    if not path.is_dir():
+    if not path.exists():
         raise LocalizerLoadError(f"weights {str(path)!r}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    if not files:
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
         raise LocalizerLoadError(f"weights folder {str(path)!r} holds no files")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
-    return digest.hexdigest()
+    return sha256_path(path)
 
 
 # -- output checking ------------------------------------------------------------------------------
@@ -368,7 +353,7 @@ class _ArrayModelLocalizer(Localizer):
 
     def identity(self) -> dict[str, Any]:
         if self._sha256 is None:
-            self._sha256 = file_sha256(self.path)
+            self._sha256 = sha256_file(self.path)
         return {
             "name": self.name,
             "kind": self.kind,

@@ -19,12 +19,13 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from ..errors import UserError
+from ..utils.files import atomic_write_text
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = "1.0"
@@ -51,7 +52,7 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
 """Packages whose versions change scores enough to be worth recording in provenance."""
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """A results file cannot be used; the message names the file and what to do."""
 
 
@@ -245,21 +246,7 @@ def save_results(results: Results, path: str | os.PathLike[str]) -> Path:
     the old file or the new one, never a torn mix that a leaderboard would half-read.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = results.to_json()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, results.to_json())
     return path
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dolos_bench.data.reader import open_split
+from dolos_bench.utils.files import atomic_output
 
 from .api import LocalizerError
 from .localizers import load_localizer
@@ -91,16 +91,10 @@ class EvalInterrupted(RunInterrupted):
 
 def _write_samples(target: Path, parts: list[Path]) -> None:
     """Concatenate the chunks' records into ``target`` atomically, in chunk (= dataset) order."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for part in parts:
-                with part.open("rb") as src:
-                    shutil.copyfileobj(src, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target, "wb") as fh:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, fh)
 
 
 def run_eval(

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import UserError
 from dolos_bench.registry import did_you_mean
 
 from .localizers import load_localizer
@@ -48,7 +49,7 @@ from .suite import LOWER_IS_BETTER, Suite, expand, load_suite
 from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_key, run_units
 
 
-class StressError(ValueError):
+class StressError(UserError, ValueError):
     """A stress run that cannot be done as asked; the message says why and what to do."""
 
 

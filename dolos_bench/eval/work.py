@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image
 
 from dolos_bench.data.reader import Split, open_split
 from dolos_bench.seeding import rng_for
+from dolos_bench.utils.files import atomic_write_text
 
 from .localizers import call_localizer, load_localizer
 from .metrics import MetricState
@@ -118,14 +118,7 @@ class Checkpoints:
             return None
 
     def _write(self, path: Path, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text)
 
     def save(self, unit: WorkUnit, state: MetricState, records: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
