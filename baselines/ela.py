@@ -63,6 +63,7 @@ class ELALocalizer(Localizer):
     """
 
     name = "ela"
+    devices = ("cpu",)  # OpenCV on the CPU: --device cuda is refused, not silently ignored
 
     def __init__(
         self,

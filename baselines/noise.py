@@ -79,6 +79,7 @@ class NoiseLocalizer(Localizer):
     """
 
     name = "noise"
+    devices = ("cpu",)  # OpenCV on the CPU: --device cuda is refused, not silently ignored
 
     def __init__(
         self,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 import click
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .recipes import RecipeError, load_recipe
+from .errors import UserError
+from .recipes import Recipe, load_recipe
 from .registry import REGISTRIES
 
 console = Console(stderr=True)
@@ -20,10 +22,11 @@ console = Console(stderr=True)
 def progress_bar(description: str, *, quiet: bool = False) -> Progress:
     """A bar with count, rate and ETA on stderr (silent with --quiet)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        # Plain text, not rich markup: a recipe or model name may hold "[...]".
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("[cyan]{task.fields[rate]}"),
+        TextColumn("{task.fields[rate]}", style="cyan", markup=False),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -33,38 +36,100 @@ def progress_bar(description: str, *, quiet: bool = False) -> Progress:
     )
 
 
-def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``.
+
+    The message is plain text, never rich markup: paths, YAML errors and values often hold
+    ``[...]``, which markup would swallow.
+    """
+    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class BenchGroup(click.Group):
+    """The ``bench`` group: a :class:`UserError` from any command ends as an ``error:`` line, exit 2.
+
+    One catch here instead of a list of exception types per command: every module's error class
+    derives from ``UserError``, and anything else is a bug that keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            fail(str(exc))
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dolos-bench")
 def main() -> None:
     """dolos-bench: build inpainted-face forgery datasets and score forgery localizers."""
 
 
-@main.command("ls")
+@main.command("ls", short_help="List registered stages and models; KIND adds parameters.")
 @click.argument("kind", required=False, type=click.Choice(sorted(REGISTRIES)))
 def ls_command(kind: str | None) -> None:
-    """List what is registered (sources, maskers, generators, perturbations, localizers)."""
-    kinds = [kind] if kind else sorted(REGISTRIES)
-    for k in kinds:
-        for name, summary, origin in REGISTRIES[k].describe():
-            suffix = "" if origin == "builtin" else f"  [{origin}]"
-            click.echo(f"{k[:-1]:<13} {name:<16} {summary}{suffix}")
+    """List what is registered (sources, maskers, generators, perturbations, localizers).
+
+    With KIND, each entry also shows the parameters it takes, as a recipe (or --model-arg)
+    writes them: ``radius: int = 3``.
+    """
+    if kind is None:
+        for k in sorted(REGISTRIES):
+            for name, summary, origin in REGISTRIES[k].describe():
+                click.echo(_ls_line(k, name, summary, origin))
+        return
+    registry = REGISTRIES[kind]
+    for name in registry.names():
+        details = registry.details(name)  # imports the entry: its parameters come from its signature
+        click.echo(_ls_line(kind, name, details.summary, details.origin))
+        indent = " " * _LS_INDENT
+        if details.error is not None:
+            click.echo(f"{indent}cannot be loaded: {details.error}")
+        elif not details.parameters:
+            click.echo(f"{indent}(no parameters)")
+        for parameter in details.parameters:
+            click.echo(f"{indent}{parameter}")
 
 
-def _load(recipe_path: str, overrides: tuple[str, ...]):
-    try:
-        return load_recipe(recipe_path, list(overrides))
-    except RecipeError as exc:
-        fail(str(exc))
+_LS_INDENT = 31
+"""Column of the summary in ``bench ls``; parameter lines start there too."""
 
 
-@main.command()
+def _ls_line(kind: str, name: str, summary: str, origin: str) -> str:
+    suffix = "" if origin == "builtin" else f"  [{origin}]"
+    # A plug-in's summary is its docstring, read only once it is imported (`bench ls KIND` does).
+    return f"{kind[:-1]:<13} {name:<16} {summary or f'(see bench ls {kind})'}{suffix}"
+
+
+BUILD_EPILOG = """\b
+Examples:
+  bench validate recipes/build/quickstart.yaml    # check it, build nothing
+  bench build recipes/build/quickstart.yaml --out out/qs --workers 2
+  bench build recipes/build/quickstart.yaml --out out/qs    # resumes
+  bench build recipes/build/quickstart.yaml --out out/qs2 --set seed=7
+"""
+
+EVAL_EPILOG = """\b
+Examples:
+  bench eval noise --data out/qs --out results/noise.json   # a baseline
+  bench eval ela --data out/qs --protocol dolos      # the Dolos protocol
+  bench eval my_pkg.models:MyLocalizer --data out/qs --model-arg k=0.3
+  bench eval my_pkg.models:MyLocalizer --weights ckpt/m.pt --data out/qs
+  bench eval predictions/ --data out/qs    # <id>.png/.npy + scores.csv
+  bench eval model.onnx --data out/qs --device cuda
+"""
+
+
+def _load(recipe_path: str, overrides: tuple[str, ...]) -> Recipe:
+    """The validated recipe with its ``--set`` overrides; a :class:`RecipeError` lists every problem."""
+    return load_recipe(recipe_path, list(overrides))
+
+
+@main.command(short_help="Check a recipe; list every problem with its YAML path.")
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set fakes.per_source=2.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key (repeatable; the value is YAML), e.g. --set fakes.per_source=2.")
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a recipe and report every problem with its path in the YAML."""
     r = _load(recipe, overrides)
@@ -74,17 +139,18 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     )
 
 
-@main.command()
+@main.command(short_help="Build a dataset from a recipe (resumes if interrupted).", epilog=BUILD_EPILOG)
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key (repeatable; the value is YAML), e.g. --set fakes.per_source=2.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="Processes for the CPU stages.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished build in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overwrite: bool, quiet: bool) -> None:
     """Build a dataset from RECIPE; resumes an interrupted build of the same recipe."""
-    from .build.pipeline import run_build, summarize_skips
-    from .data.dataset_io import BuildFolderError
+    from .build.pipeline import BuildInterrupted, run_build
+    from .errors import UserError
 
     r = _load(recipe, overrides)
     with progress_bar(f"build {r.name}", quiet=quiet) as bar:
@@ -103,20 +169,66 @@ def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overw
 
         try:
             result = run_build(r, Path(out), workers=workers, overwrite=overwrite, progress=report)
-        except BuildFolderError as exc:
+        except UserError as exc:  # BuildFolderError, ForeignFilesError (never deletes foreign files)
             fail(str(exc))
-    counts = result.counts
-    splits = ", ".join(f"{s} {c['real']}+{c['fake']}" for s, c in counts["splits"].items())
-    click.echo(
-        f"built {counts['total']} samples (real+fake: {splits}) in {result.seconds:.1f} s"
+        except BuildInterrupted as exc:
+            interrupted = exc
+        else:
+            interrupted = None
+    if interrupted is not None:
+        again = _build_command(recipe, out, overrides, workers, quiet)
+        what = (f"interrupted while planning: nothing new written in {out}" if interrupted.total is None
+                else f"interrupted: {interrupted.kept} of {interrupted.total} shards kept in {out}")
+        console.print(f"{what}; run `{again}` to resume", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(130)
+    for line in _build_summary(result, out):
+        click.echo(line)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}; details in {out}/manifest.json", err=True)
+
+
+def _build_command(recipe: str, out: str, overrides: tuple[str, ...], workers: int, quiet: bool) -> str:
+    """The `bench build` command that resumes this build: the same options, never --overwrite."""
+    import shlex
+
+    words = ["bench", "build", recipe, "--out", out]
+    for item in overrides:
+        words += ["--set", item]
+    if workers != 1:
+        words += ["--workers", str(workers)]
+    if quiet:
+        words.append("--quiet")
+    return shlex.join(words)
+
+
+def _build_summary(result, out: str) -> list[str]:
+    """What a finished build read and made: files and samples counted apart, skips by reason."""
+    from .build.pipeline import summarize_skips
+
+    counts, files = result.counts, result.files
+    splits = ", ".join(f"{s} {c['real']}+{c['fake']}" for s, c in counts["splits"].items()) or "none"
+    file_parts = [f"{len(files.skipped)} skipped"]
+    file_parts += [f"{n} {what}" for n, what in ((len(files.converted), "converted"), (len(files.ignored), "ignored")) if n]
+    lines = [
+        f"read {files.read} files ({', '.join(file_parts)}) -> built {counts['total']} samples"
+        f" (real+fake: {splits}) in {result.seconds:.1f} s"
         f"{f', resumed {result.resumed_shards} shard(s)' if result.resumed_shards else ''} -> {out}"
-    )
-    if result.skipped:
-        reasons = "; ".join(f"{n}× {reason}" for reason, n in summarize_skips(result.skipped))
-        click.echo(f"skipped {len(result.skipped)}: {reasons} (details in {out}/manifest.json)")
+    ]
+    details = f"(details in {out}/manifest.json)"
+    if files.skipped:
+        reasons = "; ".join(f"{n}× {reason}" for reason, n in summarize_skips(files.skipped))
+        lost = sum(f["samples"] for f in files.skipped)
+        lines.append(f"skipped {len(files.skipped)} files ({lost} samples not made): {reasons} {details}")
+    if result.failed:
+        reasons = "; ".join(f"{n}× {reason}" for reason, n in summarize_skips(result.failed))
+        lines.append(f"skipped {len(result.failed)} samples: {reasons} {details}")
+    if files.ignored:
+        lines.append(f"ignored {len(files.ignored)} file(s) the sources do not read, e.g. {files.ignored[0]['path']}"
+                     f" {details}")
+    return lines
 
 
-@main.command()
+@main.command(short_help="Push a finished dataset to the Hugging Face Hub.")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repository.")
 @click.option("--private", is_flag=True, help="Create the repository as private.")
@@ -124,12 +236,9 @@ def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overw
 @click.option("--revision", default=None, help="Branch to push to.")
 def publish(folder: str, repo: str, private: bool, dry_run: bool, revision: str | None) -> None:
     """Push a finished dataset folder to the Hugging Face Hub with its dataset card."""
-    from .publish import PublishError, publish_folder
+    from .publish import publish_folder
 
-    try:
-        result = publish_folder(Path(folder), repo, private=private, dry_run=dry_run, revision=revision)
-    except PublishError as exc:
-        fail(str(exc))
+    result = publish_folder(Path(folder), repo, private=private, dry_run=dry_run, revision=revision)
     for path, size in result.files:
         click.echo(f"{size:>12,d}  {path}")
     total = sum(size for _, size in result.files)
@@ -138,36 +247,49 @@ def publish(folder: str, repo: str, private: bool, dry_run: bool, revision: str 
                + (f" ({result.url})" if result.url else ""))
 
 
-@main.command("export")
+@main.command("export", short_help="Write a dataset in another layout (Dolos).")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["dolos"]), default="dolos", show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-def export_command(folder: str, fmt: str, out: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["dolos"]), default="dolos", show_default=True,
+              help="Layout to write.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the export: new, empty, or an earlier export (see --overwrite).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier export in --out. Only files an export wrote are removed; a folder"
+                   " holding other files is refused.")
+def export_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     """Write a dataset folder in another layout (dolos: real/, fake/<gen>/{images,masks}/, 255 = real)."""
-    from .data.dolos_layout import DolosLayoutError, export_dolos
+    from .data.dolos_layout import export_dolos
+    from .errors import UserError
 
     try:
-        counts = export_dolos(Path(folder), Path(out))
-    except DolosLayoutError as exc:
+        counts = export_dolos(Path(folder), Path(out), overwrite=overwrite)
+    except UserError as exc:  # DolosLayoutError, ForeignFilesError, an earlier export without --overwrite
         fail(str(exc))
     click.echo(f"exported {counts['real']} real and {counts['fake']} fake images to {out} (Dolos layout)")
 
 
-@main.command("import")
+@main.command("import", short_help="Turn a Dolos-layout folder into a dataset.")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["dolos"]), default="dolos", show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["dolos"]), default="dolos", show_default=True,
+              help="Layout of FOLDER.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output dataset folder: new, empty, an earlier build or import, or an interrupted import.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a finished dataset in --out. Only files a build or import recorded are removed;"
+                   " a folder holding other files is refused.")
 def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     """Turn a Dolos-layout folder into a dolos-bench dataset folder (masks converted to 255 = forged)."""
-    from .data.dataset_io import BuildFolderError
-    from .data.dolos_layout import DolosLayoutError, import_dolos
+    from .build.importer import import_dolos
+    from .errors import UserError
 
     try:
         counts = import_dolos(Path(folder), Path(out), overwrite=overwrite)
-    except (DolosLayoutError, BuildFolderError) as exc:
+    except UserError as exc:  # DolosLayoutError, BuildFolderError, ForeignFilesError
         fail(str(exc))
-    click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}")
+    click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}"
+               + (f" (reasons in {out}/manifest.json)" if counts["skipped"] else ""))
+    for warning in counts["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
@@ -176,7 +298,7 @@ def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
     options = parse_model_args(list(model_args))
     if weights is not None:
         if "weights" in options:
-            raise ValueError("weights given twice: as --weights and as --model-arg weights=...")
+            raise UserError("weights given twice: as --weights and as --model-arg weights=...")
         options["weights"] = weights
     return options
 
@@ -184,13 +306,20 @@ def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
 def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
     """The options `bench eval` and `bench stress` share: which data, how to run the model, how to score."""
     options = [
-        click.option("--data", required=True, help="Dataset folder or Hugging Face id."),
-        click.option("--split", default="test", show_default=True),
-        click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True),
-        click.option("--device", default="cpu", show_default=True),
-        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1)),
+        click.option("--data", required=True,
+                     help="Dataset folder (a path that does not exist fails at once), or a Hub dataset: hf://owner/name,"
+                          " or owner/name when owner is not a local folder."),
+        click.option("--split", default="test", show_default=True, help="Split of the dataset to score."),
+        click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True,
+                     help="default: this toolkit's metrics; dolos: also the Dolos paper's IoU and detection AP."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="Where the model runs: cpu, cuda or cuda:N."),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
+                     help="Images per call of the model."),
         click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples."),
-        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE"),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword argument for the model (repeatable; the value is YAML); `bench ls localizers`"
+                          " lists what each built-in takes."),
         click.option("--weights", default=None, type=click.Path(exists=True),
                      help="Weights file or folder for a registered or module:Class model; its sha256 goes into"
                           " the results."),
@@ -203,23 +332,27 @@ def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-@main.command("eval")
+@main.command("eval", short_help="Score a localizer or predictions on a dataset.", epilog=EVAL_EPILOG)
 @click.argument("model")
 @_scoring_options
-@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0))
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(0),
+              help="Bootstrap resamples for the 95% intervals (0: no intervals).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Results JSON (+ .samples.jsonl); an interrupted run with the same --out resumes.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Processes scoring chunks in parallel, each with its own copy of the model.")
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(1),
               help="Samples per chunk: the unit of resuming and of parallel work.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(model: str, data: str, split: str, protocol: str, device: str, batch_size: int,
                  limit: int | None, model_args: tuple[str, ...], weights: str | None, exact: bool, bootstrap: int,
                  out: str | None, workers: int, chunk_size: int, quiet: bool) -> None:
     """Score MODEL (registered name, module:Class, predictions folder/archive, .pt or .onnx file)."""
+    import shlex
+
     from .eval.api import LocalizerError
-    from .eval.runner import run_eval
+    from .eval.runner import data_notes, run_eval
+    from .eval.work import RunInterrupted
 
     try:
         options = _model_options(model_args, weights)
@@ -229,9 +362,14 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
                               limit=limit, out=Path(out) if out else None, model_args=options, bootstrap=bootstrap,
                               workers=workers, chunk_size=chunk_size, exact=exact,
                               progress=lambda d, t: bar.update(task, completed=d, total=t),
-                              command=" ".join(["bench", "eval", *sys.argv[2:]]))
+                              command=shlex.join(["bench", *sys.argv[1:]]))
+    except RunInterrupted as exc:  # Ctrl-C: one line, what was kept and how to resume
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except (LocalizerError, ValueError, KeyError, ImportError) as exc:
         fail(str(exc))
+    for note in data_notes(result.results):
+        click.echo(note, err=True)
     for name, metric in result.results.metrics.items():
         if name.startswith(("pixel/iou", "pixel/f1@0.5/mean", "pixel/auc/pooled/all", "image/auc", "image/ap")):
             value = "—" if metric.value is None else f"{metric.value:.4f}"
@@ -247,7 +385,7 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
         click.echo(f"results -> {out}")
 
 
-@main.command()
+@main.command(short_help="Score a localizer under perturbations x severities.")
 @click.argument("model")
 @click.option("--suite", default="default", show_default=True,
               help="Suite YAML (e.g. recipes/stress/default.yaml) or a built-in suite name.")
@@ -260,13 +398,17 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
               help="Bootstrap resamples for the 95% intervals of every grid point.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Processes scoring grid points in parallel, each with its own copy of the model.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def stress(model: str, data: str, suite: str, out: str, split: str, protocol: str, device: str, batch_size: int,
            limit: int | None, model_args: tuple[str, ...], weights: str | None, exact: bool, only: str | None,
            metric: str | None, bootstrap: int, workers: int, quiet: bool) -> None:
     """Score MODEL under a grid of perturbations x severities; resumes an interrupted sweep."""
+    import shlex
+
     from .eval.api import LocalizerError
+    from .eval.runner import data_notes
     from .eval.stress import run_stress
+    from .eval.work import RunInterrupted
 
     try:
         options = _model_options(model_args, weights)
@@ -280,9 +422,14 @@ def stress(model: str, data: str, suite: str, out: str, split: str, protocol: st
                                 device=device, batch_size=batch_size, limit=limit, model_args=options,
                                 only=[o.strip() for o in only.split(",") if o.strip()] if only else None,
                                 metric=metric, bootstrap=bootstrap, workers=workers, exact=exact, progress=report,
-                                command=" ".join(["bench", "stress", *sys.argv[2:]]))
+                                command=shlex.join(["bench", *sys.argv[1:]]))
+    except RunInterrupted as exc:  # Ctrl-C: one line, what was kept and how to resume
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except (LocalizerError, ValueError, KeyError, ImportError) as exc:
         fail(str(exc))
+    for note in data_notes(result.results):
+        click.echo(note, err=True)
     s = result.results.stress
     assert s is not None
     if result.resumed_points:
@@ -300,18 +447,22 @@ def stress(model: str, data: str, suite: str, out: str, split: str, protocol: st
         click.echo("curves  -> " + ", ".join(str(p) for p in files.values()))
 
 
-@main.command()
+@main.command(short_help="Make a leaderboard site from results files.")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the site.")
-@click.option("--title", default="dolos-bench leaderboard", show_default=True)
-def leaderboard(results: tuple[str, ...], out: str, title: str) -> None:
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the site: new, empty, or holding an earlier leaderboard, which is replaced."
+                   " A folder with any other file is refused and left as it is.")
+@click.option("--title", default="dolos-bench leaderboard", show_default=True, help="Title of the page and of leaderboard.md.")
+@click.option("--full-range", is_flag=True,
+              help="Draw curves and heatmap colours over the metric's full range [0, 1] instead of fitting them to the data.")
+def leaderboard(results: tuple[str, ...], out: str, title: str, full_range: bool) -> None:
     """Turn results JSON files into leaderboard.md/.csv/.json and a static index.html."""
-    from .eval.results import ResultsError
+    from .errors import UserError
     from .report.leaderboard import build_leaderboard
 
     try:
-        built = build_leaderboard([Path(r) for r in results], Path(out), title=title)
-    except ResultsError as exc:
+        build_leaderboard([Path(r) for r in results], Path(out), title=title, full_range=full_range)
+    except UserError as exc:
         fail(str(exc))
     click.echo(f"leaderboard of {len(results)} result file(s) -> {out}/index.html, leaderboard.md, .csv, .json")
 

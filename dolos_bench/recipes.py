@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -154,42 +155,122 @@ class Recipe(_Strict):
 # -- loading, overrides, validation ---------------------------------------------------------
 
 
+OVERRIDE_FORM = "key.sub=value"
+"""How a ``--set`` is written; list items are picked by index (``maskers.0.weight=2``)."""
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``--set key.sub=value``: as typed, where it points in the recipe, and the value it puts there."""
+
+    text: str
+    path: tuple[str, ...]
+    value: Any
+
+    @property
+    def where(self) -> str:
+        return ".".join(self.path)
+
+    def covers(self, problem_path: str) -> bool:
+        """Whether a problem reported at ``problem_path`` is about the value this override set.
+
+        Either the problem lies inside what was set (``maskers.0`` set, ``maskers.0.type`` wrong) or
+        what was set lies inside the problem (``splits.train`` set, ``splits`` no longer sums to 1).
+        """
+        where = self.where
+        return problem_path == where or problem_path.startswith(where + ".") or where.startswith(problem_path + ".")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"fakes.per_source=2"`` -> (["fakes", "per_source"], 2); the value is YAML."""
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError([("--set", f"{text!r} is not of the form key.sub=value")], "overrides")
-    return key.strip().split("."), yaml.safe_load(raw)
+    path = [part.strip() for part in key.split(".")]
+    if not sep or not all(path):
+        raise RecipeError(
+            [(f"--set {text}", f"not of the form {OVERRIDE_FORM} (e.g. --set fakes.per_source=2)")], "overrides"
+        )
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or _first_line(str(exc))
+        raise RecipeError(
+            [(".".join(path), f"value {raw!r} is not valid YAML: {problem} (from --set {text});"
+              f" write a text value in quotes: {key.strip()}=\"...\"")],
+            "overrides",
+        ) from exc
+    return path, value
+
+
+def _set_value(data: Any, override: Override) -> tuple[str, str] | None:
+    """Put ``override.value`` at ``override.path`` in ``data``; the ``(path, message)`` problem if it cannot."""
+    node: Any = data
+    for i, part in enumerate(override.path):
+        last = i == len(override.path) - 1
+        where = ".".join(override.path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return where, f"no list item {part!r} (the list has {len(node)}; items count from 0)"
+            if last:
+                node[int(part)] = override.value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = override.value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            return where, f"cannot set a key inside the value {node!r}"
+    return None
+
+
+def _apply(data: Any, overrides: list[str]) -> tuple[list[Override], list[tuple[str, str]]]:
+    """Apply every override that can be applied; return those and the problems of the others (all of them)."""
+    applied: list[Override] = []
+    problems: list[tuple[str, str]] = []
+    for text in overrides:
+        try:
+            path, value = parse_override(text)
+        except RecipeError as exc:
+            problems += exc.problems
+            continue
+        override = Override(text, tuple(path), value)
+        problem = _set_value(data, override)
+        if problem is None:
+            applied.append(override)
+        else:
+            problems.append((problem[0], f"{problem[1]} (from --set {text})"))
+    return applied, problems
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each ``key.sub=value`` in ``data`` (list items by index), returning ``data``."""
-    problems: list[tuple[str, str]] = []
-    for text in overrides:
-        path, value = parse_override(text)
-        node: Any = data
-        for i, part in enumerate(path):
-            last = i == len(path) - 1
-            where = ".".join(path[: i + 1])
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    problems.append((where, f"no list item {part!r} (the list has {len(node)})"))
-                    break
-                if last:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, {})
-            else:
-                problems.append((where, "cannot set a key inside a scalar value"))
-                break
+    """Set each ``key.sub=value`` in ``data`` (list items by index), returning ``data``.
+
+    Raises :class:`RecipeError` listing every override that cannot be applied.
+    """
+    _, problems = _apply(data, overrides)
     if problems:
         raise RecipeError(problems, "overrides")
     return data
+
+
+def attribute_overrides(problems: list[tuple[str, str]], applied: list[Override]) -> list[tuple[str, str]]:
+    """Add ``(from --set ...)`` to each problem about a value an override set, so the user looks there.
+
+    The most specific override wins when several cover one path.
+    """
+    out: list[tuple[str, str]] = []
+    for path, message in problems:
+        covering = [o for o in applied if o.covers(path)]
+        if covering and "(from --set" not in message:
+            best = max(covering, key=lambda o: len(o.path))
+            message = f"{message} (from --set {best.text})"
+        out.append((path, message))
+    return out
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -209,7 +290,8 @@ def unknown_keys(data: Any, model: type[BaseModel], path: str) -> list[tuple[str
         where = f"{path}.{key}" if path else str(key)
         if key not in fields:
             if strict:
-                problems.append((where, f"unknown key.{did_you_mean(str(key), list(fields))}"))
+                hint = did_you_mean(str(key), list(fields)) or f" Keys here: {', '.join(fields)}."
+                problems.append((where, f"unknown key.{hint}"))
             continue
         annotation = fields[key].annotation
         sub = _model_of(annotation)
@@ -306,7 +388,11 @@ def validate_recipe_data(data: Any, origin: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply ``--set`` overrides, validate."""
+    """Read a YAML recipe, apply ``--set`` overrides, validate.
+
+    Problems of the overrides and of the recipe they produce are raised together, as one
+    :class:`RecipeError` naming the recipe file; each problem caused by an override says so.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -318,6 +404,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError([("", f"not valid YAML: {exc}")], str(path)) from exc
     if data is None:
         data = {}
-    if overrides:
-        apply_overrides(data, overrides)
-    return validate_recipe_data(data, str(path))
+    applied, problems = _apply(data, list(overrides or []))
+    try:
+        recipe = validate_recipe_data(data, str(path))
+    except RecipeError as exc:
+        problems += attribute_overrides(exc.problems, applied)
+    if problems:
+        raise RecipeError(problems, str(path))
+    return recipe

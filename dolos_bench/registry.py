@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 from .errors import UserError
@@ -49,21 +52,114 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
-def import_target(target: str) -> object:
-    """Import ``"package.module:attr.sub"`` and return the attribute."""
+def _put_cwd_on_path() -> str:
+    """Put the current folder first on ``sys.path``, as ``python -m`` does; return it.
+
+    It stays there for the rest of the process, not just for one import: a plug-in's module
+    may import its siblings lazily (inside ``predict``), and worker processes re-import it by
+    the same spec. Only a user's ``module:Class`` spec asks for this; registry entries and
+    entry points are imported from the installed packages alone.
+    """
+    cwd = os.getcwd()
+    if not sys.path or os.path.abspath(sys.path[0] or os.curdir) != cwd:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()  # a package created after start-up must be found
+    return cwd
+
+
+def import_target(target: str, *, from_cwd: bool = False) -> object:
+    """Import ``"package.module:attr.sub"`` and return the attribute.
+
+    ``from_cwd=True`` (what ``bench eval my_pkg.models:MyLocalizer`` uses) first puts the current
+    folder at the front of ``sys.path``, so the spec resolves exactly as ``python -m my_pkg.models``
+    would from the same folder, and stays importable in the rest of the run.
+    """
     module_name, sep, attr_path = target.partition(":")
     if not sep or not module_name or not attr_path:
         raise PluginLoadError(f"{target!r} is not of the form 'module.path:Attribute'")
+    where = f" (looked in the current folder {_put_cwd_on_path()!r} and the installed packages)" if from_cwd else ""
     try:
         obj: object = importlib.import_module(module_name)
     except ImportError as exc:
-        raise PluginLoadError(f"cannot import module {module_name!r} for {target!r}: {exc}") from exc
+        raise PluginLoadError(f"cannot import module {module_name!r} for {target!r}{where}: {exc}") from exc
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
             raise PluginLoadError(f"module {module_name!r} has no attribute {attr_path!r}") from exc
     return obj
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter a stage takes, as ``bench ls KIND`` shows it: ``radius: int = 3``."""
+
+    name: str
+    annotation: str = ""
+    default: str | None = None  # the default as Python writes it; None when the parameter is required
+
+    def __str__(self) -> str:
+        text = self.name + (f": {self.annotation}" if self.annotation else "")
+        return text if self.default is None else f"{text} = {self.default}"
+
+
+def _annotation_text(annotation: object) -> str:
+    """``'int'`` for ``int`` or for the string ``"int"`` (postponed annotations are strings)."""
+    if annotation is inspect.Parameter.empty:
+        return ""
+    if isinstance(annotation, str):
+        return annotation
+    return inspect.formatannotation(annotation)
+
+
+def _pydantic_parameters(model: type) -> list[Parameter]:
+    params = []
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        if info.is_required():
+            default = None
+        elif info.default_factory is not None:
+            default = repr(info.default_factory())
+        else:
+            default = repr(info.default)
+        params.append(Parameter(name, _annotation_text(info.annotation), default))
+    return params
+
+
+def parameters_of(factory: object) -> list[Parameter]:
+    """The parameters a registered factory takes: a pydantic model's fields, else its signature.
+
+    For a class the signature is its ``__init__`` without ``self``; ``*args`` is left out (stages
+    are configured by keyword) and ``**kwargs`` shown as ``**kwargs``.
+    """
+    if inspect.isclass(factory) and isinstance(getattr(factory, "model_fields", None), dict):
+        return _pydantic_parameters(factory)
+    try:
+        signature = inspect.signature(factory)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return []
+    params = []
+    for p in signature.parameters.values():
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            params.append(Parameter(f"**{p.name}"))
+            continue
+        default = None if p.default is inspect.Parameter.empty else repr(p.default)
+        params.append(Parameter(p.name, _annotation_text(p.annotation), default))
+    return params
+
+
+@dataclass(frozen=True)
+class EntryDetails:
+    """What ``bench ls KIND`` shows of one entry; ``error`` says why it could not be loaded."""
+
+    name: str
+    summary: str
+    origin: str
+    parameters: list[Parameter] = field(default_factory=list)
+    error: str | None = None
 
 
 @dataclass
@@ -166,6 +262,20 @@ class Registry(Generic[T]):
         """(name, one-line summary, origin) for every entry, without importing lazy ones."""
         self._load_entry_points()
         return [(e.name, e.summary, e.origin) for _, e in sorted(self._entries.items())]
+
+    def details(self, name: str) -> EntryDetails:
+        """Summary, origin and parameters of ``name``, importing it if it is lazy.
+
+        A plug-in that fails to import is described with the error instead of its parameters, so
+        that one broken entry does not hide the others from ``bench ls``.
+        """
+        try:
+            factory = self.get(name)
+        except PluginLoadError as exc:
+            entry = self._entries[name]
+            return EntryDetails(name, entry.summary, entry.origin, error=str(exc))
+        entry = self._entries[name]
+        return EntryDetails(name, entry.summary, entry.origin, parameters_of(factory))
 
 
 def _first_line(doc: str | None) -> str:

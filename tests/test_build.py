@@ -17,6 +17,7 @@ import pytest
 
 from dolos_bench.build.pipeline import BuildInterrupted, make_plan, build_sources, run_build
 from dolos_bench.data.dataset_io import BuildFolderError, STATE_DIR
+from dolos_bench.utils.outdir import ForeignFilesError
 from dolos_bench.recipes import load_recipe
 
 from helpers import folder_hashes, make_image_folder, tiny_recipe
@@ -173,11 +174,14 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path, recipe_path):
     out = tmp_path / "foreign"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(BuildFolderError, match="not empty"):
+    with pytest.raises(ForeignFilesError, match="thesis.tex"):
         run_build(load_recipe(recipe_path), out)
     assert (out / "thesis.tex").read_text() == "precious"
-    run_build(load_recipe(recipe_path, ["fakes.per_source=0"]), out, overwrite=True)
+    # --overwrite does not make a foreign file ours: still refused, still untouched
+    with pytest.raises(ForeignFilesError, match="thesis.tex"):
+        run_build(load_recipe(recipe_path, ["fakes.per_source=0"]), out, overwrite=True)
     assert (out / "thesis.tex").read_text() == "precious"
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
 
 
 def test_random_assignment_and_shared_masks(tmp_path, recipe_path):

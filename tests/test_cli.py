@@ -36,7 +36,9 @@ def test_ls_lists_every_kind():
                        ("perturbation", "jpeg"), ("localizer", "ela")]:
         assert any(line.split()[:2] == [kind, name] for line in lines), (kind, name)
     only = CliRunner().invoke(main, ["ls", "maskers"])
-    assert {line.split()[1] for line in only.output.splitlines()} == {"strokes", "boxes", "landmarks"}
+    # entry lines start in column 0; the parameter lines under each entry are indented
+    entries = [line for line in only.output.splitlines() if not line.startswith(" ")]
+    assert {line.split()[1] for line in entries} == {"strokes", "boxes", "landmarks"}
 
 
 def test_validate_ok_and_bad(tmp_path, built):
@@ -129,7 +131,8 @@ def test_dolos_export_import_round_trip(tmp_path, built):
     back = tmp_path / "back"
     result = CliRunner().invoke(main, ["import", str(exported), "--out", str(back)])
     assert result.exit_code == 0, result.output
-    imported = {r["source_id"]: r for split in datasets.load_dataset(str(back)).values() for r in split}
+    # the import keeps the exported ids (they used to come back as source_id)
+    imported = {r["id"]: r for split in datasets.load_dataset(str(back)).values() for r in split}
     assert len(imported) == len(original)
     for sid, row in original.items():
         assert np.array_equal(np.asarray(imported[sid]["mask"]), np.asarray(row["mask"]))

@@ -260,18 +260,28 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
             assert page.locator("#leaderboard tbody tr").nth(2).locator("td.metric").last.inner_text() == "—"
             assert page.evaluate("window.leaderboardData.rows.length") == 3
 
-            # Numeric column with a missing value: ascending, then descending; the missing row stays last.
+            # Numeric column with a missing value: the first click sorts best first (descending for a
+            # higher-is-better metric), the second ascending; the missing row stays last.
             header = page.locator(f'#leaderboard th[data-metric="{IMG_AUC}"]')
-            header.click()
-            assert header.get_attribute("aria-sort") == "ascending"
-            assert labels() == ["ela", "patchforensics", "noise"]
             header.click()
             assert header.get_attribute("aria-sort") == "descending"
             assert labels() == ["patchforensics", "ela", "noise"]
+            header.click()
+            assert header.get_attribute("aria-sort") == "ascending"
+            assert labels() == ["ela", "patchforensics", "noise"]
             # Numeric, not lexicographic: the primary metric ascending is noise < ela < patchforensics.
-            page.locator(f'#leaderboard th[data-metric="{PRIMARY_METRIC}"]').click()
+            primary = page.locator(f'#leaderboard th[data-metric="{PRIMARY_METRIC}"]')
+            primary.click()
+            assert primary.get_attribute("aria-sort") == "descending"
+            assert labels() == ["patchforensics", "ela", "noise"]
+            primary.click()
             assert labels() == ["noise", "ela", "patchforensics"]
             assert header.get_attribute("aria-sort") is None
+            # Rank: best (1) first on the first click.
+            rank = page.locator("#leaderboard th", has_text="Rank")
+            rank.click()
+            assert rank.get_attribute("aria-sort") == "ascending"
+            assert labels() == ["patchforensics", "ela", "noise"]
             # Text column.
             model = page.locator("#leaderboard th", has_text="Model")
             model.click()

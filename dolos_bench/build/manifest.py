@@ -35,7 +35,9 @@ def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
     return found
 
 
-def _counts(plan: "Plan", skipped_ids: set[str], recipe: "Recipe") -> dict[str, Any]:
+def _counts(plan: "Plan", skipped: list[dict[str, Any]], recipe: "Recipe") -> dict[str, Any]:
+    """Samples built per split and generator, samples skipped, and source files by outcome."""
+    skipped_ids = {s["id"] for s in skipped}
     by_split: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     by_generator: Counter[str] = Counter()
     for sample in plan.samples:
@@ -46,13 +48,33 @@ def _counts(plan: "Plan", skipped_ids: set[str], recipe: "Recipe") -> dict[str, 
         label = "real" if sample.generator_index is None else recipe.generators[sample.generator_index].label
         by_generator[label] += 1
     splits = {s: {"real": c["real"], "fake": c["fake"]} for s, c in by_split.items() if c}
+    files = plan.files
     return {
         "total": sum(sum(c.values()) for c in by_split.values()),
-        "planned": len(plan.samples),
+        "planned": len(plan.samples) + len(plan.skipped),
         "skipped": len(skipped_ids),
         "splits": splits,
         "generators": dict(sorted(by_generator.items())),
+        "files": {"read": files.read, "skipped": len(files.skipped), "converted": len(files.converted),
+                  "ignored": len(files.ignored)},
     }
+
+
+def build_warnings(counts: dict[str, Any], plan: "Plan", skipped: list[dict[str, Any]]) -> list[str]:
+    """What a finished build should not pass over in silence: no fakes, or no samples at all."""
+    from .pipeline import summarize_skips
+
+    if plan.files.read == 0:
+        ignored = counts["files"]["ignored"]
+        return [f"the sources listed no image{f' ({ignored} file(s) ignored: see ignored_files)' if ignored else ''}"]
+    if counts["total"] == 0:
+        why = "; ".join(f"{n}× {reason}" for reason, n in summarize_skips(skipped))
+        return [f"no sample was built: all {len(skipped)} planned samples were skipped ({why})"]
+    lost = [s for s in skipped if s.get("label") == "fake"]
+    if lost and not any(c["fake"] for c in counts["splits"].values()):
+        why = "; ".join(f"{n}× {reason}" for reason, n in summarize_skips(lost))
+        return [f"no fake was built: all {len(lost)} planned fakes were skipped ({why})"]
+    return []
 
 
 def build_manifest(
@@ -63,11 +85,16 @@ def build_manifest(
 ) -> dict[str, Any]:
     from .pipeline import summarize_skips
 
-    conversions: dict[tuple[str, str], list[str]] = {}
-    for shard in shards:
-        for note in shard.notes:
-            conversions.setdefault((note["source"], note["source_id"]), note["notes"])
+    """The manifest of a finished build.
+
+    ``skipped`` lists every planned sample that was not built, with its reason (a file skipped
+    while planning gives one entry per sample it would have made); ``skipped_files``,
+    ``conversions`` and ``ignored_files`` list source files once each, by their path relative to
+    the source root, so that a user can find and fix them.
+    """
     skipped_sorted = sorted(skipped, key=lambda s: s["id"])
+    counts = _counts(plan, skipped, recipe)
+    files = plan.files
     return {
         "format": "dolos-bench",
         "version": MANIFEST_VERSION,
@@ -85,14 +112,30 @@ def build_manifest(
             {"file": f"data/{s.file}", "split": s.split, "rows": s.rows, "sha256": s.sha256}
             for s in shards
         ],
-        "counts": _counts(plan, {s["id"] for s in skipped}, recipe),
+        "counts": counts,
+        "warnings": build_warnings(counts, plan, skipped),
         "skipped": skipped_sorted,
         "skipped_summary": [{"reason": r, "count": n} for r, n in summarize_skips(skipped)],
-        "conversions": [
-            {"source": src, "source_id": sid, "notes": notes}
-            for (src, sid), notes in sorted(conversions.items())
-        ],
+        "skipped_files": sorted(files.skipped, key=_file_key),
+        "conversions": sorted(files.converted, key=_file_key),
+        "ignored_files": sorted(files.ignored, key=_file_key),
     }
+
+
+def _file_key(entry: dict[str, Any]) -> tuple[str, str]:
+    return entry["source"], entry["path"]
+
+
+def _source_notes(recipe: "Recipe") -> list[tuple[str, str]]:
+    """(source name, the card note of its type) for sources that have one (e.g. the sample set)."""
+    from ..registry import SOURCES
+
+    out = []
+    for spec in recipe.sources:
+        note = getattr(SOURCES.get(spec.type), "card_note", "")
+        if note:
+            out.append((spec.source_name, note))
+    return out
 
 
 def _licences(recipe: "Recipe") -> list[tuple[str, str]]:
@@ -132,6 +175,69 @@ def build_card(recipe: "Recipe", manifest: dict[str, Any]) -> str:
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     body = env.get_template("dataset_card.md.j2").render(
         recipe=recipe, manifest=manifest, splits=splits, licences=_licences(recipe),
-        landmark_note=landmark_note,
+        landmark_note=landmark_note, source_notes=_source_notes(recipe),
     )
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + body
+
+
+def import_manifest(
+    *,
+    name: str,
+    imported_from: dict[str, Any],
+    sources: list[dict[str, Any]],
+    shards: list[ShardRecord],
+    skipped: list[dict[str, Any]],
+    samples: list[tuple[str, str, str]],
+    planned: int,
+    ignored: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest of a dataset folder made by ``bench import``: a build's keys and shapes.
+
+    There is no recipe (``recipe`` and ``recipe_sha256`` are null); ``imported_from`` says where
+    the data came from. ``samples`` holds ``(split, "real"|"fake", generator)`` of every row
+    written, ``planned`` the number of images found. One image is one sample, so every skipped
+    sample is also a skipped file; conversions are the shards' notes (source, source_id, path, notes).
+    """
+    from .pipeline import summarize_skips
+
+    by_split: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+    for split, kind, _ in samples:
+        by_split[split][kind] += 1
+    converted = [note for shard in shards for note in shard.notes]
+    skipped_files = [{"source": s["source"], "source_id": s["source_id"], "path": s["path"], "reason": s["reason"],
+                      "samples": 1} for s in skipped]
+    warnings = []
+    if planned and not samples:
+        why = "; ".join(f"{n}× {reason}" for reason, n in summarize_skips(skipped))
+        warnings.append(f"no sample was imported: all {len(skipped)} images were skipped ({why})")
+    return {
+        "format": "dolos-bench",
+        "version": MANIFEST_VERSION,
+        "complete": True,
+        "name": name,
+        "recipe": None,
+        "recipe_sha256": None,
+        "imported_from": imported_from,
+        "packages": package_versions(),
+        "mask_polarity": "255 = forged, 0 = pristine; reals carry an all-zero mask",
+        "sources": sources,
+        "shards": [
+            {"file": f"data/{s.file}", "split": s.split, "rows": s.rows, "sha256": s.sha256}
+            for s in shards
+        ],
+        "counts": {
+            "total": len(samples),
+            "planned": planned,
+            "skipped": len(skipped),
+            "splits": {s: {"real": c["real"], "fake": c["fake"]} for s, c in by_split.items() if c},
+            "generators": dict(sorted(Counter(generator for _, _, generator in samples).items())),
+            "files": {"read": planned, "skipped": len(skipped_files), "converted": len(converted),
+                      "ignored": len(ignored)},
+        },
+        "warnings": warnings,
+        "skipped": sorted(skipped, key=lambda s: s["id"]),
+        "skipped_summary": [{"reason": r, "count": n} for r, n in summarize_skips(skipped)],
+        "skipped_files": sorted(skipped_files, key=lambda e: (e['source'], e['path'])),
+        "conversions": sorted(converted, key=lambda e: (e['source'], e['path'])),
+        "ignored_files": sorted(ignored, key=lambda e: (e['source'], e['path'])),
+    }

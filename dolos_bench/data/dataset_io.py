@@ -12,10 +12,15 @@ A shard is the unit of resume: it is written to ``.dolos-build/tmp`` and renamed
 ``data/`` (atomic on one filesystem), then its record is written the same way. After a crash,
 a shard whose record exists and whose bytes still hash to it is done; anything else is redone.
 ``manifest.json`` is written last and is the mark of a finished build.
+
+The files a build may remove or replace are only those the manifest or the resume state records
+(:meth:`DatasetFolder.owned_files`); a folder holding anything else is refused, ``--overwrite`` or
+not, with the list of those files (:mod:`dolos_bench.utils.outdir`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -26,17 +31,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UserError
-from ..utils.files import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
+from ..utils.files import atomic_path, atomic_write_json, sha256_file
+from ..utils.outdir import files_under, refuse_foreign, remove_ours
 from .schema import COLUMNS, features
 
 STATE_DIR = ".dolos-build"
 MANIFEST = "manifest.json"
 CARD = "README.md"
+PLAN = "plan.json"
+CARD_RECORD = "card.json"  # in STATE_DIR: sha256 of the card that finish() is about to write
 MANIFEST_VERSION = 1
 
 
 class BuildFolderError(UserError, RuntimeError):
-    """The output folder cannot be used as asked (finished build, other recipe, foreign files)."""
+    """The output folder cannot be used as asked (a finished build, another recipe's unfinished one).
+
+    Foreign files are refused with :class:`dolos_bench.utils.outdir.ForeignFilesError` instead,
+    whose message never suggests ``--overwrite``.
+    """
 
 
 def shard_name(split: str, index: int, total: int) -> str:
@@ -84,42 +96,84 @@ class DatasetFolder:
         manifest = self.read_manifest()
         return bool(manifest and manifest.get("complete"))
 
-    def prepare(self, recipe_sha256: str, shard_files: list[str], *, overwrite: bool) -> None:
-        """Make the folder ready for this build, or refuse with a reason; never deletes user files."""
-        plan_path = self.state / "plan.json"
+    def read_plan(self) -> dict[str, Any] | None:
+        """The resume state's plan (recipe hash and shard list), or None if there is none readable."""
+        try:
+            plan = json.loads((self.state / PLAN).read_text())
+        except (OSError, ValueError):
+            return None
+        return plan if isinstance(plan, dict) else None
+
+    def owned_files(self) -> set[str]:
+        """The files below the root that a dolos-bench build or import recorded as its own.
+
+        A finished folder records them in its manifest (its shards, the card, the manifest); an
+        unfinished one in its resume state (everything under ``.dolos-build/``, the shards that
+        ``plan.json`` lists, and the card once ``finish`` has recorded its hash). Nothing else is
+        ever ours, whatever its name: a user's README.md or data/*.parquet stays theirs.
+        """
+        owned = {f for f in files_under(self.root) if f.startswith(f"{STATE_DIR}/")}
+        manifest = self._own_manifest()
+        if manifest is not None:
+            owned |= {MANIFEST, CARD}
+            shards = manifest.get("shards", [])
+            owned |= {s["file"] for s in shards if isinstance(s, dict) and isinstance(s.get("file"), str)}
+        plan = self.read_plan()
+        if plan is not None and isinstance(plan.get("shards"), list):
+            owned |= {f"data/{name}" for name in plan["shards"] if isinstance(name, str)}
+        if self._card_is_recorded():
+            owned.add(CARD)
+        return owned
+
+    def _own_manifest(self) -> dict[str, Any] | None:
+        """The manifest if it is a readable dolos-bench manifest (a user's manifest.json is not ours)."""
+        try:
+            manifest = self.read_manifest()
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) and manifest.get("format") == "dolos-bench" else None
+
+    def _card_is_recorded(self) -> bool:
+        """True when README.md is the card that ``finish`` recorded before a crash cut it short."""
+        try:
+            recorded = json.loads((self.state / CARD_RECORD).read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return False
+        card = self.root / CARD
+        return card.is_file() and sha256_file(card) == recorded
+
+    def prepare(self, recipe_sha256: str, shard_files: list[str], *, overwrite: bool, what: str = "dataset") -> None:
+        """Make the folder ready for this build, or refuse with a reason; never deletes user files.
+
+        Any file the folder holds that no build recorded as its own is a refusal that lists it, with
+        or without ``overwrite``. Of our own files, ``overwrite`` replaces a finished build or an
+        unfinished one; without it a finished build is refused and an unfinished one of the same
+        plan is resumed.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise BuildFolderError(f"{self.root} is a file, not a folder: choose a folder for the {what}")
+        owned = self.owned_files()
+        refuse_foreign(self.root, owned, what=what)
         if overwrite:
-            self.clear()
-        elif self.is_complete():
-            raise BuildFolderError(
-                f"{self.root} holds a finished build; pass --overwrite to build it again"
-            )
-        elif plan_path.exists():
-            plan = json.loads(plan_path.read_text())
+            remove_ours(self.root, owned)
+        elif self._own_manifest() is not None:
+            raise BuildFolderError(f"{self.root} holds a finished build; pass --overwrite to build it again")
+        elif (plan := self.read_plan()) is not None:
             if plan.get("recipe_sha256") != recipe_sha256 or plan.get("shards") != shard_files:
                 raise BuildFolderError(
                     f"{self.root} holds an unfinished build of a different recipe or source list;"
                     " pass --overwrite to discard it, or choose another --out"
                 )
-        elif self.root.exists() and any(self.root.iterdir()):
-            raise BuildFolderError(
-                f"{self.root} is not empty and holds no dolos-bench build; choose an empty or new"
-                " folder (or pass --overwrite to replace the dataset files in it)"
-            )
+        elif files_under(self.root):
+            # Only state files without a readable plan (a build killed while writing its plan).
+            remove_ours(self.root, owned)
         (self.state / "shards").mkdir(parents=True, exist_ok=True)
         (self.state / "tmp").mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
-            plan_path,
+            self.state / PLAN,
             {"recipe_sha256": recipe_sha256, "shards": shard_files, "version": MANIFEST_VERSION},
         )
-
-    def clear(self) -> None:
-        """Remove only what a build writes: data/, the card, the manifest and the state folder."""
-        for path in (self.data, self.state):
-            if path.exists():
-                shutil.rmtree(path)
-        for path in (self.manifest_path, self.root / CARD):
-            path.unlink(missing_ok=True)
 
     def finished_shard(self, file: str) -> ShardRecord | None:
         """The record of a shard that is complete on disk, or None if it must be (re)built."""
@@ -150,9 +204,18 @@ class DatasetFolder:
         return record
 
     def finish(self, manifest: dict[str, Any], card: str) -> None:
-        """Write the card, then the manifest (the completion mark), then drop the state folder."""
-        atomic_write_bytes(self.root / CARD, card.encode())
-        atomic_write_json(self.manifest_path, manifest)
+        """Write the card, then the manifest (the completion mark), then drop the state folder.
+
+        The card's hash goes into the state first, so that a crash between the card and the
+        manifest leaves a README.md the next run knows as ours. Both files are written through the
+        state's tmp folder: a torn write leaves nothing but state behind.
+        """
+        data = card.encode()
+        atomic_write_json(self.state / CARD_RECORD, {"sha256": hashlib.sha256(data).hexdigest()})
+        with atomic_path(self.root / CARD, suffix=".md", tmp_dir=self.state / "tmp") as tmp:
+            tmp.write_bytes(data)
+        with atomic_path(self.manifest_path, suffix=".json", tmp_dir=self.state / "tmp") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         shutil.rmtree(self.state, ignore_errors=True)
 
 

@@ -9,27 +9,42 @@ Dolos (Tantaru, Oneata & Oneata, WACV 2024) ships its data as::
 
 with splits ``train``, ``valid`` and ``test``. Its masks have the opposite polarity of ours
 (255 = forged): the conversion happens here and nowhere else.
+
+The layout itself carries a sample's split, label, generator (the folder name) and key (the file
+name). What it cannot carry -- our ids when they are not file-name safe, generator labels that
+are not folder-name safe, mask parts, sources, seeds -- an export writes beside it in
+:data:`SAMPLES_FILE` (one JSON object per image, keyed by the image's path), which Dolos's own
+readers never look at (they list ``<split>/`` folders) and an import reads back. An export also
+writes the ownership record of :mod:`dolos_bench.utils.outdir`, so that a later export may
+replace it, and nothing else.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .dataset_io import DatasetFolder, shard_name
+from ..utils.files import atomic_write_bytes, atomic_write_text
+from ..utils.outdir import prepare_output, write_record
+from .dataset_io import DatasetFolder
 from .images import decode_png, encode_png
 from .reader import DatasetReadError, read_rows
-from .schema import FAKE, REAL, SPLITS
+from .schema import FAKE, REAL
 from .sources import IMAGE_EXTENSIONS, Source, SourceItem, slugify
 
 DOLOS_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 OUR_SPLITS = {v: k for k, v in DOLOS_SPLITS.items()}
+SAMPLES_FILE = "dolos-bench-samples.jsonl"
+EXPORT_KIND = "export"
+# Row fields an export keeps in SAMPLES_FILE (image, mask, label and split are in the layout itself).
+CARRIED = ("id", "generator", "parts", "source", "source_id", "masker", "generator_config", "perturbations", "seed")
 
 
 class DolosLayoutError(UserError, ValueError):
@@ -82,135 +97,196 @@ class DolosRealSource(Source):
         return {"path": str(self.root), "split": self.split, "licence": self.licence}
 
 
-def export_dolos(dataset_dir: Path, out: Path) -> dict[str, int]:
-    """Write every split of a dataset folder in the Dolos layout; returns real/fake counts."""
+def export_dolos(dataset_dir: Path, out: Path, *, overwrite: bool = False) -> dict[str, int]:
+    """Write every split of a dataset folder in the Dolos layout; returns real/fake counts.
+
+    ``out`` must be empty or hold an earlier export (replaced only with ``overwrite``); a folder
+    with anything else in it is refused with the list of those files and left untouched.
+    """
     folder = DatasetFolder(dataset_dir)
     if not folder.is_complete():
         raise DolosLayoutError(f"{dataset_dir} is not a finished dolos-bench dataset (no complete manifest)")
-    if out.exists() and any(out.iterdir()):
-        raise DolosLayoutError(f"{out} is not empty; choose a new folder")
+    prepare_output(out, kind=EXPORT_KIND, what="Dolos export", replace=overwrite)
     counts = {"real": 0, "fake": 0}
+    written: list[str] = []
+    carried: list[str] = []
     splits = dict.fromkeys(s["split"] for s in (folder.read_manifest() or {}).get("shards", []))
     for split in splits:
-        dolos_split = DOLOS_SPLITS.get(split, split)
         try:
             rows = read_rows(dataset_dir, split)
         except DatasetReadError as exc:
             raise DolosLayoutError(str(exc)) from exc
-        for row in rows:
-            key = row["id"]
-            image_bytes = row["image"]["bytes"]
-            if row["label"] == REAL:
-                target = out / "real" / dolos_split / f"{key}.png"
-                _write(target, image_bytes)
-                counts["real"] += 1
-            else:
-                base = out / "fake" / slugify(row["generator"])
-                _write(base / "images" / dolos_split / f"{key}.png", image_bytes)
-                mask = mask_to_dolos(decode_png(row["mask"]["bytes"]))
-                _write(base / "masks" / dolos_split / f"{key}.png", encode_png(mask))
-                counts["fake"] += 1
+        planned = [(row, _export_paths(row, DOLOS_SPLITS.get(split, split))) for row in rows]
+        _check_unique(planned)
+        # The record lists the files before they exist: an interrupted export is still ours to replace.
+        written += [p for _, paths in planned for p in paths]
+        write_record(out, EXPORT_KIND, [*written, SAMPLES_FILE])
+        for row, paths in planned:
+            _write_sample(out, row, paths)
+            counts["real" if row["label"] == REAL else "fake"] += 1
+            carried.append(json.dumps({"file": paths[0], **{k: row[k] for k in CARRIED}}, sort_keys=True))
+    atomic_write_text(out / SAMPLES_FILE, "".join(line + "\n" for line in carried))
     return counts
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+def _export_paths(row: dict[str, Any], dolos_split: str) -> tuple[str, ...]:
+    """Relative paths of a row's image (and mask, for a fake) in the Dolos layout."""
+    key = slugify(row["id"])
+    if row["label"] == REAL:
+        return (f"real/{dolos_split}/{key}.png",)
+    base = f"fake/{slugify(row['generator'])}"
+    return (f"{base}/images/{dolos_split}/{key}.png", f"{base}/masks/{dolos_split}/{key}.png")
 
 
-def _png_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return data
-    return encode_png(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+def _check_unique(planned: list[tuple[dict[str, Any], tuple[str, ...]]]) -> None:
+    """Two ids that become one file name would overwrite each other: refuse instead."""
+    seen: dict[str, str] = {}
+    for row, paths in planned:
+        if paths[0] in seen:
+            raise DolosLayoutError(
+                f"samples {seen[paths[0]]!r} and {row['id']!r} would both be written to {paths[0]}"
+            )
+        seen[paths[0]] = row["id"]
 
 
-def _scan(root: Path) -> list[dict[str, Any]]:
-    """Every image of a Dolos folder as a planned row (paths only)."""
-    entries: list[dict[str, Any]] = []
-    for dolos_split, split in OUR_SPLITS.items():
-        for path in _images(root / "real" / dolos_split):
-            entries.append({"split": split, "label": REAL, "generator": "real", "image": path, "mask": None,
-                            "key": path.stem})
-    fake_root = root / "fake"
-    for gen_dir in sorted(p for p in fake_root.iterdir() if p.is_dir()) if fake_root.is_dir() else []:
-        generator = gen_dir.name
-        for dolos_split, split in OUR_SPLITS.items():
-            if (gen_dir / "images").is_dir():
-                for path in _images(gen_dir / "images" / dolos_split):
-                    mask = gen_dir / "masks" / dolos_split / path.name
-                    entries.append({"split": split, "label": FAKE, "generator": generator, "image": path,
-                                    "mask": mask, "key": path.stem})
-            else:  # fully generated: the whole image is forged
-                for path in _images(gen_dir / dolos_split):
-                    entries.append({"split": split, "label": FAKE, "generator": generator, "image": path,
-                                    "mask": "full", "key": path.stem})
-    return entries
+def _write_sample(out: Path, row: dict[str, Any], paths: tuple[str, ...]) -> None:
+    atomic_write_bytes(out / paths[0], row["image"]["bytes"])
+    if len(paths) > 1:
+        atomic_write_bytes(out / paths[1], encode_png(mask_to_dolos(decode_png(row["mask"]["bytes"]))))
 
 
-def import_dolos(root: Path, out: Path, *, overwrite: bool = False, shard_size: int = 500) -> dict[str, int]:
-    """Convert a Dolos-layout folder into a dolos-bench dataset folder (masks to 255 = forged)."""
-    from ..build.manifest import package_versions
+# -- reading a Dolos-layout folder (bench import) -----------------------------------------------
 
+
+@dataclass(frozen=True)
+class LayoutImage:
+    """One image of a Dolos-layout folder, as its place in the layout describes it."""
+
+    path: str  # relative to the layout root, POSIX
+    split: str  # ours: train / validation / test
+    label: int
+    generator: str  # the generator folder's name, "real" for reals
+    key: str  # the file name without its extension
+    mask: Literal["none", "file", "full"]  # reals: none; partial fakes: a mask file; full fakes: all forged
+
+    @property
+    def mask_path(self) -> str:
+        """Where the layout keeps this image's mask: same name under masks/ instead of images/."""
+        generator_dir, _, rest = self.path.partition("/images/")
+        return f"{generator_dir}/masks/{rest}"
+
+
+def scan_layout(root: Path) -> list[LayoutImage]:
+    """Every image of a Dolos-layout folder, sorted by path; refuses a folder that is not one."""
+    root = Path(root)
     if not (root / "real").is_dir() and not (root / "fake").is_dir():
         raise DolosLayoutError(f"{root} has neither real/ nor fake/: not a Dolos layout")
-    entries = _scan(root)
-    if not entries:
+    found: list[LayoutImage] = []
+    for dolos_split, split in OUR_SPLITS.items():
+        found += [LayoutImage(f"real/{dolos_split}/{p.name}", split, REAL, "real", p.stem, "none")
+                  for p in _images(root / "real" / dolos_split)]
+    fake_root = root / "fake"
+    for gen_dir in sorted(p for p in fake_root.iterdir() if p.is_dir()) if fake_root.is_dir() else []:
+        partial = (gen_dir / "images").is_dir()
+        for dolos_split, split in OUR_SPLITS.items():
+            folder = gen_dir / "images" / dolos_split if partial else gen_dir / dolos_split
+            sub = f"images/{dolos_split}" if partial else dolos_split
+            found += [LayoutImage(f"fake/{gen_dir.name}/{sub}/{p.name}", split, FAKE, gen_dir.name, p.stem,
+                                  "file" if partial else "full")
+                      for p in _images(folder)]
+    if not found:
         raise DolosLayoutError(f"{root} holds no images under real/<split>/ or fake/<generator>/")
-    entries.sort(key=lambda e: (SPLITS.index(e["split"]), e["generator"], e["key"]))
-    shards: list[tuple[str, str, list[dict[str, Any]]]] = []
-    for split in SPLITS:
-        members = [e for e in entries if e["split"] == split]
-        total = (len(members) + shard_size - 1) // shard_size
-        shards += [(shard_name(split, i, total), split, members[i * shard_size : (i + 1) * shard_size])
-                   for i in range(total)]
-    folder = DatasetFolder(out)
-    folder.prepare(f"dolos-import:{root.resolve()}", [s[0] for s in shards], overwrite=overwrite)
-    skipped: list[dict[str, str]] = []
-    records = []
-    for name, split, members in shards:
-        rows, shard_skipped = [], []
-        for e in members:
-            sample_id = f"{slugify(e['generator'])}-{slugify(e['key'])}"
-            try:
-                image = _png_bytes(e["image"])
-                h, w = decode_png(image).shape[:2]
-                if e["mask"] is None:
-                    mask = np.zeros((h, w), np.uint8)
-                elif e["mask"] == "full":
-                    mask = np.full((h, w), 255, np.uint8)
-                else:
-                    if not e["mask"].exists():
-                        raise DolosLayoutError(f"no mask {e['mask'].relative_to(root)}")
-                    mask = mask_from_dolos(np.asarray(Image.open(e["mask"])))
-                    if mask.shape != (h, w):
-                        raise DolosLayoutError(f"mask size {mask.shape[::-1]} differs from image size {(w, h)}")
-            except (OSError, ValueError) as exc:
-                shard_skipped.append({"id": sample_id, "source": "dolos", "source_id": e["key"], "reason": str(exc)})
-                continue
-            rows.append({
-                "id": sample_id, "image": {"bytes": image, "path": None},
-                "mask": {"bytes": encode_png(mask), "path": None}, "label": e["label"], "source": "dolos",
-                "source_id": e["key"], "generator": e["generator"],
-                "generator_config": json.dumps({"imported_from": "dolos"}), "masker": "",
-                "parts": [], "perturbations": "[]", "seed": 0, "split": split,
-            })
-        records.append(folder.write_shard(name, split, rows, shard_skipped, []))
-        skipped += shard_skipped
-    counts = {"total": sum(r.rows for r in records), "skipped": len(skipped)}
-    manifest = {
-        "format": "dolos-bench", "version": 1, "complete": True, "name": f"dolos-import-{root.name}",
-        "imported_from": {"layout": "dolos", "path": str(root)}, "packages": package_versions(),
-        "mask_polarity": "255 = forged, 0 = pristine; converted from Dolos's 255 = real",
-        "shards": [{"file": f"data/{r.file}", "split": r.split, "rows": r.rows, "sha256": r.sha256} for r in records],
-        "counts": counts, "skipped": skipped,
-    }
-    splits = sorted({r.split for r in records if r.rows}, key=SPLITS.index)
-    card = (
-        "---\nlicense: other\nconfigs:\n- config_name: default\n  data_files:\n"
-        + "".join(f"  - split: {s}\n    path: data/{s}-*.parquet\n" for s in splits)
-        + f"---\n\n# {manifest['name']}\n\nImported by dolos-bench from a Dolos-layout folder. Masks were"
-        " converted to 255 = forged. See the Dolos data's own licence before redistributing.\n"
-    )
-    folder.finish(manifest, card)
-    return counts
+    return sorted(found, key=lambda image: image.path)
+
+
+def ignored_in_layout(root: Path) -> list[tuple[str, str]]:
+    """``(relative path, reason)`` of the files in the layout's image folders that are not images.
+
+    Masks are not listed (they are read with their image), nor anything outside the image folders.
+    """
+    root = Path(root)
+    folders = [root / "real" / s for s in OUR_SPLITS]
+    fake_root = root / "fake"
+    for gen_dir in sorted(p for p in fake_root.iterdir() if p.is_dir()) if fake_root.is_dir() else []:
+        base = gen_dir / "images" if (gen_dir / "images").is_dir() else gen_dir
+        folders += [base / s for s in OUR_SPLITS]
+    ignored = []
+    for folder in folders:
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:
+                what = f"extension {path.suffix!r}" if path.suffix else "no extension"
+                ignored.append((path.relative_to(root).as_posix(),
+                                f"{what} is not read (reads {', '.join(IMAGE_EXTENSIONS)})"))
+    return ignored
+
+
+def read_image(root: Path, image: LayoutImage) -> tuple[bytes, np.ndarray, bool]:
+    """The image as PNG bytes, its mask in our polarity (255 = forged) and whether the image had to
+    be re-encoded as PNG (the manifest lists such conversions); image and mask sizes are checked.
+
+    Raises :class:`DolosLayoutError` (or ``OSError``/``ValueError`` from the decoders) for a sample
+    that cannot be imported; the importer records the reason and goes on.
+    """
+    png, converted = _png_bytes(Path(root) / image.path)
+    h, w = decode_png(png).shape[:2]
+    if image.mask == "none":
+        return png, np.zeros((h, w), np.uint8), converted
+    if image.mask == "full":
+        return png, np.full((h, w), 255, np.uint8), converted
+    mask_file = Path(root) / image.mask_path
+    if not mask_file.is_file():
+        raise DolosLayoutError(f"no mask {image.mask_path}")
+    mask = mask_from_dolos(np.asarray(Image.open(mask_file)))
+    if mask.shape != (h, w):
+        raise DolosLayoutError(f"mask size {mask.shape[::-1]} differs from image size {(w, h)}")
+    return png, mask, converted
+
+
+def read_carried(root: Path) -> dict[str, dict[str, Any]]:
+    """What an export wrote in :data:`SAMPLES_FILE`, by image path; empty for Dolos's own data.
+
+    A malformed line is an error naming it: guessing would import wrong ids or generators.
+    """
+    path = Path(root) / SAMPLES_FILE
+    if not path.is_file():
+        return {}
+    carried: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise DolosLayoutError(f"{path} line {number}: not JSON ({exc})") from exc
+        problem = _carried_problem(entry)
+        if problem:
+            raise DolosLayoutError(f"{path} line {number}: {problem}")
+        carried[entry["file"]] = {k: entry[k] for k in CARRIED}
+    return carried
+
+
+_CARRIED_TYPES: dict[str, type | tuple[type, ...]] = {
+    "file": str, "id": str, "generator": str, "parts": list, "source": str, "source_id": str, "masker": str,
+    "generator_config": str, "perturbations": str, "seed": int,
+}
+
+
+def _carried_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "expected a JSON object"
+    for key, kind in _CARRIED_TYPES.items():
+        if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if not entry["id"]:
+        return "'id' is empty"
+    if not all(isinstance(part, str) for part in entry["parts"]):
+        return "'parts' must be a list of strings"
+    return None
+
+
+def _png_bytes(path: Path) -> tuple[bytes, bool]:
+    """The file's bytes if it is a PNG, else the image re-encoded as RGB PNG; and whether it was."""
+    data = path.read_bytes()
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return data, False
+    return encode_png(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))), True

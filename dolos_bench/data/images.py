@@ -12,6 +12,7 @@ preprocessed real), so resizing history cannot give the label away.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,36 @@ _INTERPOLATIONS = {
 }
 
 
+def size_notes(shape: tuple[int, ...], resolution: int, *, upscale: Literal["skip", "allow"] = "skip") -> list[str]:
+    """The note of an image smaller than ``resolution`` (upscaled), or its refusal (skipped).
+
+    Split out of :func:`preprocess` so that a build can refuse a small file while planning,
+    from the decoded shape alone, without resizing it.
+    """
+    h, w = shape[:2]
+    if min(h, w) >= resolution:
+        return []
+    if upscale == "skip":
+        raise ImageLoadError(
+            f"smaller than the target size ({w}x{h} < {resolution}x{resolution});"
+            " set preprocess.upscale: allow to upscale instead"
+        )
+    return [f"upscaled from {w}x{h}"]
+
+
+def pixel_digest(array: np.ndarray) -> str:
+    """sha256 of an image's content: its shape, dtype and decoded pixels, not its file bytes.
+
+    Two files with this digest show the same picture whatever their names or (lossless)
+    formats; a build uses it to keep one image out of two splits. The input is the array that
+    :func:`load_rgb` returns (RGB ``uint8`` after conversions and EXIF orientation), so a PNG
+    and a BMP of the same pixels match, and a JPEG re-encoding of them (different pixels) does not.
+    """
+    digest = hashlib.sha256(f"{array.shape}|{array.dtype.str}|RGB|".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
 def preprocess(
     loaded: LoadedImage,
     resolution: int,
@@ -135,15 +166,8 @@ def preprocess(
     than a native one, and a detector could learn that instead of the forgery.
     """
     arr = loaded.array
-    notes = list(loaded.notes)
+    notes = list(loaded.notes) + size_notes(arr.shape, resolution, upscale=upscale)
     h, w = arr.shape[:2]
-    if min(h, w) < resolution:
-        if upscale == "skip":
-            raise ImageLoadError(
-                f"smaller than the target size ({w}x{h} < {resolution}x{resolution});"
-                " set preprocess.upscale: allow to upscale instead"
-            )
-        notes.append(f"upscaled from {w}x{h}")
     if crop == "center" and h != w:
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2

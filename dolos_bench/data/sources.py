@@ -5,6 +5,10 @@ must be cheap because it happens once in the main process -- and loads one item 
 ``ref`` inside a worker. ``source_id`` is stable across runs and machines (derived from the
 relative path or an id column, never from listing order), because every random choice of a
 sample is keyed by it.
+
+An item may name a ``group``: the photo (or person) it was made from. Items of one group share
+a split, so that crops of one photo cannot be in train and in test; without a group, every
+item is its own. Split assignment hashes ``(seed, source name, group or source_id)``.
 """
 
 from __future__ import annotations
@@ -32,8 +36,22 @@ def slugify(text: str) -> str:
 
 @dataclass(frozen=True)
 class SourceItem:
+    """One real image of a source, listed without decoding it."""
+
     source_id: str
     ref: Any  # picklable locator: relative path, row index, (portrait, variant)
+    group: str | None = None  # photo of origin: items of one group always share a split
+    path: str | None = None  # path relative to the source root, for messages and the manifest
+
+    @property
+    def split_key(self) -> str:
+        """What split assignment hashes: the group, or the item itself when it has none."""
+        return self.group if self.group is not None else self.source_id
+
+    @property
+    def label(self) -> str:
+        """How the manifest names the item to a user: its relative path, else its id."""
+        return self.path if self.path is not None else self.source_id
 
 
 class Source(ABC):
@@ -41,6 +59,8 @@ class Source(ABC):
 
     name: ClassVar[str] = "source"
     default_licence: ClassVar[str] = "unknown"
+    # A sentence the dataset card prints about this source (e.g. "a smoke-test set"); "" for none.
+    card_note: ClassVar[str] = ""
 
     def __init__(self, licence: str | None = None) -> None:
         self.licence = licence or self.default_licence
@@ -52,6 +72,10 @@ class Source(ABC):
     @abstractmethod
     def load(self, ref: Any) -> bytes | Image.Image:
         """The raw image of one item (decoded and checked by ``data.images.load_rgb``)."""
+
+    def ignored(self) -> Iterator[tuple[str, str]]:
+        """``(relative path, reason)`` of files the source saw but does not read, for the manifest."""
+        return iter(())
 
     def config(self) -> dict[str, Any]:
         return {"licence": self.licence}
@@ -77,16 +101,22 @@ class FolderSource(Source):
         self.extensions = tuple(e.lower() for e in (extensions or IMAGE_EXTENSIONS))
         self.recursive = recursive
 
-    def items(self) -> Iterator[SourceItem]:
+    def _files(self) -> list[Path]:
         pattern = "**/*" if self.recursive else "*"
-        files = sorted(
-            p
-            for p in self.root.glob(pattern)
-            if p.suffix.lower() in self.extensions and (p.is_file() or p.is_symlink())
-        )
-        for path in files:
-            rel = path.relative_to(self.root).as_posix()
-            yield SourceItem(slugify(rel.rsplit(".", 1)[0]), rel)
+        return sorted(p for p in self.root.glob(pattern) if p.is_file() or p.is_symlink())
+
+    def items(self) -> Iterator[SourceItem]:
+        for path in self._files():
+            if path.suffix.lower() in self.extensions:
+                rel = path.relative_to(self.root).as_posix()
+                yield SourceItem(slugify(rel.rsplit(".", 1)[0]), rel, path=rel)
+
+    def ignored(self) -> Iterator[tuple[str, str]]:
+        """Files whose extension the source does not read (text files, archives, videos...)."""
+        for path in self._files():
+            if path.suffix.lower() not in self.extensions:
+                what = f"extension {path.suffix!r}" if path.suffix else "no extension"
+                yield path.relative_to(self.root).as_posix(), f"{what} is not read (reads {', '.join(self.extensions)})"
 
     def load(self, ref: str) -> bytes:
         path = self.root / ref
@@ -209,11 +239,17 @@ class SampleSource(Source):
 
     Two portraits, varied by square crops of different scale and offset around the face and by
     horizontal flips, so that the quickstart works offline. It is a smoke-test set: every item
-    shows one of two people, so it says nothing about a localizer's generalisation.
+    shows one of two people, so it says nothing about a localizer's generalisation. Each item's
+    group is its photo, so crops of one photo all land in one split.
     """
 
     name = "sample"
     default_licence = _SAMPLE_LICENCE
+    card_note = (
+        "a smoke-test set: every image is a crop (some flipped) of one of two photos, and all"
+        " crops of one photo are in one split. It shows that the pipeline works; it says nothing"
+        " about how well a localizer generalises."
+    )
 
     def __init__(self, *, count: int = 50, licence: str | None = None) -> None:
         super().__init__(licence)
@@ -224,7 +260,7 @@ class SampleSource(Source):
     def items(self) -> Iterator[SourceItem]:
         for k in range(self.count):
             portrait = ("astronaut", "grace_hopper")[k % 2]
-            yield SourceItem(f"{portrait}-{k // 2:03d}", (portrait, k // 2))
+            yield SourceItem(f"{portrait}-{k // 2:03d}", (portrait, k // 2), group=portrait)
 
     def load(self, ref: tuple[str, int]) -> Image.Image:
         portrait, variant = ref

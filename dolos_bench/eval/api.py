@@ -7,8 +7,23 @@ them itself. The eval runner resizes maps to the mask resolution as the protocol
 
 A localizer declares the square ``input_size`` it wants (``None`` = native resolution; the runner
 resizes images before calling it) and its ``mean``/``std`` normalisation, which
-:meth:`Localizer.to_tensor` applies for torch models. It is built with a ``device`` string and
-any ``--model-arg key=value`` options as keyword arguments.
+:meth:`Localizer.to_tensor` applies for torch models.
+
+How ``bench eval`` builds one -- ``LocalizerClass(device=..., **options)``, all keywords:
+
+* ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` from ``--device``, already checked
+  by :func:`dolos_bench.eval.localizers.resolve_device` (a GPU that is not visible never reaches
+  the class) and lower-cased. A localizer that can only use some devices lists them in
+  :attr:`Localizer.devices`; any other is refused before the class is built.
+* ``weights``: only when the user passes ``--weights PATH``. It arrives as a ``str``, ``~``
+  expanded, naming an existing file or folder (a checkpoint, a ``safetensors`` file, a
+  diffusers/transformers directory); the toolkit hashes it into the results' ``weights_sha256``
+  unless :meth:`Localizer.identity` reports its own. A class that declares no ``weights``
+  parameter (and no ``**options``) makes ``--weights`` a clear error instead of being ignored.
+* every ``--model-arg key=value``, its value parsed as YAML (``8`` an int, ``true`` a bool).
+
+``bench eval my_pkg.models:MyLocalizer`` imports ``my_pkg.models`` with the current folder first on
+the import path, as ``python -m my_pkg.models`` would, so a plug-in needs no install to be scored.
 """
 
 from __future__ import annotations
@@ -34,14 +49,33 @@ class LocalizerOutput:
 
 
 class Localizer(ABC):
-    """Base class of every localizer, built-in or outside plug-in."""
+    """Base class of every localizer, built-in or outside plug-in.
+
+    A plug-in with weights typically looks like::
+
+        class MyLocalizer(Localizer):
+            name = "my-net"
+            devices = ("cpu", "cuda")
+
+            def __init__(self, device: str = "cpu", weights: str | None = None, threshold: float = 0.5):
+                super().__init__(device=device, weights=weights, threshold=threshold)
+                self.net = build_net().to(device)
+                if weights is not None:          # from --weights PATH
+                    self.net.load_state_dict(load_file(weights))
+    """
 
     name: ClassVar[str] = "localizer"
     input_size: ClassVar[int | None] = None
     mean: ClassVar[tuple[float, float, float] | None] = None
     std: ClassVar[tuple[float, float, float] | None] = None
+    devices: ClassVar[tuple[str, ...] | None] = None
+    """Device kinds (``"cpu"``, ``"cuda"``, ``"mps"``) the localizer can run on; ``None`` = any.
+
+    Declared so that ``--device cuda`` on a CPU-only method is refused with a message rather
+    than silently computed on the CPU."""
 
     def __init__(self, device: str = "cpu", **options: Any) -> None:
+        """``device`` and ``options`` (``weights`` included) as described in the module docstring."""
         self.device = device
         self.options = options
 

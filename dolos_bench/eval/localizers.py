@@ -9,6 +9,8 @@ A model arrives in one of five shapes, tried in this order by :func:`load_locali
 5. a name registered in :data:`~dolos_bench.registry.LOCALIZERS` (entry points included)
 
 Paths are tried first because a path may contain ``:`` and a name may look like a file stem.
+``--device`` is checked once, by :func:`resolve_device`, before any of the five is built, so a
+missing GPU reads the same for all of them.
 Every adapter reports an :meth:`identity` with ``name``, ``kind``, ``path`` and
 ``weights_sha256``, so a results file ties a score to exact weights rather than a file name.
 
@@ -36,6 +38,7 @@ from dolos_bench.utils.files import sha256_file, sha256_path
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
+    "DeviceError",
     "LocalizerLoadError",
     "ONNXLocalizer",
     "TorchScriptLocalizer",
@@ -44,6 +47,7 @@ __all__ = [
     "sha256_file",
     "load_localizer",
     "parse_model_args",
+    "resolve_device",
     "weights_sha256",
 ]
 
@@ -58,6 +62,89 @@ values within the tolerance are clipped."""
 
 class LocalizerLoadError(LocalizerError):
     """A localizer spec cannot be turned into a localizer (bad file, bad class, bad option)."""
+
+
+class DeviceError(LocalizerLoadError):
+    """``--device`` names no device, or one that this machine does not have."""
+
+
+# -- devices --------------------------------------------------------------------------------------
+
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+_DEVICE = re.compile(rf"^({'|'.join(DEVICE_KINDS)})(?::(\d+))?$")
+_DEVICE_HELP = "use cpu, cuda, cuda:N (N = GPU index, as torch counts them) or mps"
+
+
+def device_kind(device: str) -> str:
+    """``"cuda:1"`` -> ``"cuda"``: what :attr:`Localizer.devices` lists."""
+    return device.partition(":")[0]
+
+
+def resolve_device(device: str) -> str:
+    """Check ``--device`` once, the same way for every adapter, and return it in canonical form.
+
+    Accepted: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (case and surrounding blanks ignored). A
+    device that this machine does not have is an error here, before any model is built, because
+    each framework fails differently on its own -- torch raises deep inside ``load``, and
+    onnxruntime quietly runs on the CPU provider -- and a score computed on the wrong device (or
+    an hour of CPU time the user did not ask for) is worse than a one-line refusal.
+
+    Visibility is asked of torch, which every GPU adapter here uses. Without torch installed a
+    CUDA request is passed on unchecked, and the adapter that runs the model checks it (the ONNX
+    adapter refuses a session that did not get the CUDA provider).
+    """
+    text = str(device).strip().lower()
+    match = _DEVICE.match(text)
+    if match is None:
+        raise DeviceError(f"unknown device {str(device)!r}: {_DEVICE_HELP}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        if index is not None:
+            raise DeviceError(f"unknown device {str(device)!r}: {_DEVICE_HELP} (cpu takes no index)")
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return text
+    if kind == "mps":
+        if index not in (None, "0"):
+            raise DeviceError(f"unknown device {str(device)!r}: {_DEVICE_HELP} (there is one mps device)")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(
+                f"device {text!r} asked for, but no Apple MPS device is available"
+                " (torch.backends.mps.is_available() is False); use --device cpu"
+            )
+        return "mps"
+    with warnings.catch_warnings(record=True) as caught:  # a broken driver warns: say it in the error
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if not available:
+        why = "".join(f"; torch said: {str(w.message).splitlines()[0]}" for w in caught[:1])
+        raise DeviceError(
+            f"device {text!r} asked for, but no CUDA GPU is visible (torch.cuda.is_available() is"
+            f" False; torch {torch.__version__}{why}); use --device cpu, or check"
+            " CUDA_VISIBLE_DEVICES and that this torch build has CUDA"
+        )
+    count = int(torch.cuda.device_count())
+    if index is not None and int(index) >= count:
+        visible = ", ".join(f"cuda:{i}" for i in range(count))
+        raise DeviceError(
+            f"device {text!r} asked for, but only {count} CUDA GPU{'s are' if count != 1 else ' is'}"
+            f" visible ({visible})"
+        )
+    return text
+
+
+def _check_supported(localizer_cls: Any, spec: str, device: str) -> None:
+    """Refuse a device the localizer says it cannot use, instead of letting it run on the CPU."""
+    devices = getattr(localizer_cls, "devices", None)
+    if devices is None or device_kind(device) in devices:
+        return
+    raise DeviceError(
+        f"{spec!r} runs on {', '.join(devices)} only, so --device {device} would not be used;"
+        f" pass --device {devices[0]}"
+    )
 
 
 # -- options --------------------------------------------------------------------------------------
@@ -337,6 +424,8 @@ class _ArrayModelLocalizer(Localizer):
 
     def __init__(self, path: str | Path, device: str = "cpu", **options: Any) -> None:
         _reject_unknown(self.kind, options, self._options)
+        device = resolve_device(device)
+        _check_supported(type(self), f"{self.kind} model {Path(path).name}", device)
         super().__init__(device=device, **options)
         self.path = Path(path).resolve()
         self.name = str(options.get("name") or self.path.stem)  # type: ignore[misc]
@@ -492,15 +581,13 @@ class TorchScriptLocalizer(_ArrayModelLocalizer):
 
     name = "torchscript"  # type: ignore[misc]
     kind = "torchscript"
+    devices = ("cpu", "cuda", "mps")
 
     def __init__(self, path: str | Path, device: str = "cpu", **options: Any) -> None:
         super().__init__(path, device=device, **options)
         import torch
 
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise LocalizerLoadError(
-                f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU"
-            )
+        device = self.device  # checked and canonical: resolve_device ran in the base class
         try:
             with warnings.catch_warnings():
                 # torch>=2.9 deprecates TorchScript; loading an existing file is still the point.
@@ -535,6 +622,29 @@ def _torch_to_numpy(raw: Any) -> Any:
     return raw
 
 
+def _onnx_providers(device: str, available: Sequence[str]) -> list[Any]:
+    """The provider list for ``device``; a CUDA request never degrades to CPU without a word."""
+    if device_kind(device) != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise DeviceError(
+            f"device {device!r} asked for, but this onnxruntime has no CUDA provider (it has"
+            f" {', '.join(available) or 'none'}); install onnxruntime-gpu, or use --device cpu"
+        )
+    device_id = int(device.partition(":")[2] or 0)
+    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+
+
+def _check_onnx_session(device: str, providers: Sequence[str]) -> None:
+    """onnxruntime falls back to the CPU provider when CUDA fails to start; refuse that run."""
+    if device_kind(device) == "cuda" and (not providers or providers[0] != "CUDAExecutionProvider"):
+        raise DeviceError(
+            f"device {device!r} asked for, but onnxruntime could not start its CUDA provider and"
+            f" fell back to {', '.join(providers) or 'nothing'} (are the CUDA and cuDNN libraries"
+            " that onnxruntime-gpu needs installed?); use --device cpu to run on the CPU"
+        )
+
+
 class ONNXLocalizer(_ArrayModelLocalizer):
     """An ONNX file run with onnxruntime; same input/output conventions as TorchScript.
 
@@ -544,28 +654,22 @@ class ONNXLocalizer(_ArrayModelLocalizer):
     ``batch=1``, so such exports work without options. Two outputs are (map, score) unless
     their names say otherwise (``map``/``score``). Extra option: ``threads`` (intra-op threads;
     0 = onnxruntime's default).
+
+    ``device="cuda[:N]"`` needs onnxruntime-gpu and a session that really got the CUDA provider;
+    onnxruntime's own habit of falling back to the CPU provider is turned into a
+    :class:`DeviceError`. ``mps`` is refused (no CoreML provider is wired up).
     """
 
     name = "onnx"  # type: ignore[misc]
     kind = "onnx"
+    devices = ("cpu", "cuda")
     _options = _ArrayModelLocalizer._options + ("threads",)
 
     def __init__(self, path: str | Path, device: str = "cpu", **options: Any) -> None:
         super().__init__(path, device=device, **options)
         import onnxruntime as ort
 
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                device_id = int(device.partition(":")[2] or 0)
-                providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-            else:
-                warnings.warn(
-                    f"device {device!r} asked for, but this onnxruntime has no CUDA provider;"
-                    " running the ONNX model on CPU",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        providers = _onnx_providers(self.device, ort.get_available_providers())
         so = ort.SessionOptions()
         threads = _as_int("threads", options.get("threads", 0))
         if threads:
@@ -595,6 +699,7 @@ class ONNXLocalizer(_ArrayModelLocalizer):
                 self.batch = 1
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
+        _check_onnx_session(self.device, self.providers)
 
     def identity(self) -> dict[str, Any]:
         info = super().identity()
@@ -617,6 +722,15 @@ def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
+def _takes_keyword(factory: Any, keyword: str) -> bool:
+    """Whether ``factory(keyword=...)`` is accepted (by name or ``**kwargs``); unknown = yes."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _instantiate(factory: Any, spec: str, kind: str, device: str, options: dict[str, Any],
                  weights_digest: str | None = None) -> Localizer:
     if isinstance(factory, type) and not issubclass(factory, Localizer):
@@ -626,6 +740,12 @@ def _instantiate(factory: Any, spec: str, kind: str, device: str, options: dict[
         )
     if not callable(factory):
         raise LocalizerLoadError(f"{spec!r} is a {type(factory).__name__}, not a Localizer class or factory")
+    _check_supported(factory, spec, device)
+    if "weights" in options and not _takes_keyword(factory, "weights"):
+        raise LocalizerLoadError(
+            f"--weights was given, but {spec!r} takes no 'weights' argument; add"
+            " `weights: str | None = None` to its __init__ (see dolos_bench.eval.api.Localizer)"
+        )
     try:
         localizer = factory(device=device, **options)
     except TypeError as exc:
@@ -674,7 +794,14 @@ def load_localizer(
     is passed on as a path string and hashed (:func:`weights_sha256`) into the identity's
     ``weights_sha256`` unless the plug-in reports its own. Unknown registry names raise
     :class:`~dolos_bench.registry.UnknownNameError` with did-you-mean suggestions.
+
+    ``device`` goes through :func:`resolve_device` first, whatever the spec names, so an absent
+    GPU is the same one-line :class:`DeviceError` for every adapter; a localizer whose class
+    lists :attr:`~dolos_bench.eval.api.Localizer.devices` is refused any other device rather
+    than run on the CPU unannounced. A ``module:Class`` spec is imported with the current
+    folder on the import path, as ``python -m`` does (see :func:`~dolos_bench.registry.import_target`).
     """
+    device = resolve_device(device)
     opts = dict(options or {})
     text = str(spec)
     path = Path(text).expanduser()
@@ -706,7 +833,7 @@ def load_localizer(
     ):
         raise LocalizerLoadError(f"{text!r} looks like a path, but no such file or folder exists")
     if ":" in text:
-        factory: Callable[..., Any] = import_target(text)  # type: ignore[assignment]
+        factory: Callable[..., Any] = import_target(text, from_cwd=True)  # type: ignore[assignment]
         return _instantiate(factory, text, "class", device, opts, weights_digest)
     factory = LOCALIZERS.get(text)  # UnknownNameError with did-you-mean for typos
     target = f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', text)}"

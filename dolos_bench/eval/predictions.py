@@ -16,9 +16,19 @@ Such a bundle often comes from someone else, so it is read as untrusted input:
   and compression ratio, checked on headers before any data is inflated;
 * in folder mode, symlinks pointing outside the folder are refused.
 
-Layout mistakes (missing ids, extra ids, stray files) are all reported at once by
+Layout mistakes (missing ids, extra ids, ids of another split, stray files) and, with
+``deep=True``, every unreadable or invalid map are all reported at once by
 :meth:`PredictionsLocalizer.validate`, before any scoring, because a benchmark run that fails
-on sample 9,000 of 10,000 wastes an afternoon.
+on sample 9,000 of 10,000 wastes an afternoon -- and so does one that names only the first of
+twelve bad files. Errors list up to :data:`MAX_LISTED` files and count the rest.
+
+A map need not have its image's size (the runner resizes it: patch-level maps of 19x19 or 37x37
+for a square image are fine), but it must have its image's aspect ratio, since a map of the
+wrong proportions was computed on some other crop or resize of the image and would be stretched
+onto the mask. :func:`same_aspect` defines "the same aspect ratio" as the rounding of one
+downscale (or upscale): some factor ``f`` gives the map's height and width from the image's,
+both rounded the same way (down, up or to nearest). So a 256x384 image takes 128x192, 19x28 or
+19x29, but not 19x19.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from abc import ABC, abstractmethod
 import csv
 import hashlib
 import io
+import json
 import math
 import os
 import posixpath
@@ -40,10 +51,13 @@ import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dolos_bench.data.dataset_io import MANIFEST
+from dolos_bench.data.reader import DatasetReadError, open_split
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
 from dolos_bench.eval.localizers import (
     ARCHIVE_SUFFIXES,
@@ -55,15 +69,22 @@ from dolos_bench.eval.localizers import (
 
 __all__ = [
     "ArchiveLimits",
+    "MAX_LISTED",
     "PREDICTION_SUFFIXES",
     "PredictionsError",
     "PredictionsLocalizer",
     "SCORES_FILE",
+    "dataset_split_ids",
+    "same_aspect",
 ]
 
 PREDICTION_SUFFIXES = (".png", ".npy", ".npz")
 SCORES_FILE = "scores.csv"
 _JUNK_NAMES = {"thumbs.db", "desktop.ini"}
+MAX_LISTED = 20
+"""Bad prediction files named one per line in one error; the rest are counted."""
+
+SplitIds = Mapping[str, Sequence[str]]
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -133,6 +154,93 @@ def _listing(items: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(repr(i) for i in items[:limit])
     more = len(items) - limit
     return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def _lines(problems: Sequence[str], limit: int = MAX_LISTED, indent: str = "\n    ") -> str:
+    """One problem per line, at most ``limit`` of them, then how many were left out."""
+    shown = indent.join(problems[:limit])
+    more = len(problems) - limit
+    return indent + shown + (f"{indent}... and {more} more" if more > 0 else "")
+
+
+def _raise_all(problems: Sequence[str], header: str) -> None:
+    """Raise one error for every problem: a single one as is, several under ``header``."""
+    if len(problems) == 1:
+        raise PredictionsError(problems[0])
+    if problems:
+        raise PredictionsError(f"{header}:{_lines(problems, indent=chr(10) + '  ')}")
+
+
+# -- geometry -------------------------------------------------------------------------------------
+
+_ROUNDINGS = (Fraction(0), Fraction(-1), Fraction(-1, 2))
+"""Offsets ``a`` of the rounding modes: side * f lies in [n + a, n + a + 1) for floor, ceil, nearest."""
+
+
+def same_aspect(map_shape: Sequence[int], image_shape: Sequence[int]) -> bool:
+    """Whether an ``(h, w)`` map is the ``(H, W)`` image scaled by one factor, each side rounded alike.
+
+    For a rounding mode with offset ``a`` the factors that give ``h`` from ``H`` form the interval
+    ``[(h + a) / H, (h + a + 1) / H)``; the map fits when, for some mode, the interval of the
+    height and that of the width overlap. Exact fractions, so no float edge decides a verdict.
+    """
+    (h, w), (big_h, big_w) = (int(map_shape[0]), int(map_shape[1])), (int(image_shape[0]), int(image_shape[1]))
+    for a in _ROUNDINGS:
+        low = max((h + a) / Fraction(big_h), (w + a) / Fraction(big_w))
+        high = min((h + a + 1) / Fraction(big_h), (w + a + 1) / Fraction(big_w))
+        if low < high and high > 0:
+            return True
+    return False
+
+
+def _aspect_shapes(map_shape: Sequence[int], image_shape: Sequence[int]) -> str:
+    """The shapes that would fit: the image's own, and the map's height (or width) kept."""
+    (h, w), (big_h, big_w) = map_shape[:2], image_shape[:2]
+    options = [(big_h, big_w), (h, max(1, round(h * big_w / big_h))), (max(1, round(w * big_h / big_w)), w)]
+    unique = list(dict.fromkeys(o for o in options if same_aspect(o, image_shape)))
+    return " or ".join(f"{a}x{b}" for a, b in unique)
+
+
+# -- other splits ---------------------------------------------------------------------------------
+
+
+def dataset_split_ids(data: str | Path, scored: str | None = None) -> dict[str, list[str]]:
+    """``{split: ids}`` for every split of a dolos-bench folder, read from its manifest's shards.
+
+    Used only to explain predictions whose ids are not in the scored split, so it never fails:
+    data without a manifest (another local layout, a Hub id) gives only the ``scored`` split's
+    ids when it is named (so that ``--limit`` is still told apart from a wrong bundle), and a
+    split that cannot be read is left out. Shards are not re-hashed here (the scored split's were).
+    """
+    root = Path(str(data))
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        names = sorted({str(s["split"]) for s in manifest.get("shards", [])})
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        names = [scored] if scored is not None else []
+    found: dict[str, list[str]] = {}
+    for name in names:
+        try:
+            found[name] = [str(i) for i in open_split(data, name, verify=False).column("id")]
+        except (DatasetReadError, OSError, KeyError):
+            continue
+    return found
+
+
+def _by_split(ids: Iterable[str], splits: SplitIds) -> tuple[dict[str, list[str]], list[str]]:
+    """``ids`` grouped by the split they belong to, and those that belong to none."""
+    owner: dict[str, str] = {}
+    for name, members in splits.items():
+        for sample_id in members:
+            owner.setdefault(sample_id, name)
+    grouped: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for sample_id in ids:
+        if sample_id in owner:
+            grouped.setdefault(owner[sample_id], []).append(sample_id)
+        else:
+            unknown.append(sample_id)
+    return grouped, unknown
 
 
 # -- stores: where bytes come from ----------------------------------------------------------------
@@ -477,9 +585,13 @@ class PredictionsLocalizer(Localizer):
     """Look up each sample's precomputed map (and score) by id; no model runs.
 
     Options (all ``--model-arg``): ``strict_size`` (reject maps whose size differs from the
-    image instead of letting the runner resize them), ``allow_extra`` (predictions for ids that
-    are not in the evaluated split are not an error -- e.g. one bundle for all splits),
-    ``name``, and the :class:`ArchiveLimits` fields.
+    image instead of letting the runner resize them; without it a map of another size must
+    still have the image's aspect ratio, see :func:`same_aspect`), ``allow_extra`` (predictions
+    for ids that are not in the evaluated split are not an error -- e.g. one bundle for all
+    splits), ``name``, and the :class:`ArchiveLimits` fields.
+
+    ``device`` is checked like every adapter's (:func:`~dolos_bench.eval.localizers.resolve_device`)
+    and then unused: no model runs here.
     """
 
     name = "predictions"  # type: ignore[misc]
@@ -586,12 +698,25 @@ class PredictionsLocalizer(Localizer):
         """Sample ids that have a map, sorted."""
         return sorted(self._files)
 
-    def validate(self, expected_ids: Iterable[str], *, deep: bool = False) -> None:
-        """Raise one :class:`PredictionsError` listing every layout problem against the dataset.
+    def validate(
+        self,
+        expected_ids: Iterable[str],
+        *,
+        deep: bool = False,
+        split: str | None = None,
+        splits: SplitIds | Callable[[], SplitIds] | None = None,
+    ) -> None:
+        """Raise one :class:`PredictionsError` listing every problem of the bundle against the dataset.
 
         Missing ids, extra ids (unless ``allow_extra``), files that are not predictions, and ids
         without a score when ``scores.csv`` exists. ``deep=True`` also decodes and checks every
-        expected map, which reads the whole bundle.
+        expected map, which reads the whole bundle, and names every bad file, not just the first.
+
+        ``split`` is the name of the split scored and ``splits`` its dataset's ``{split: ids}``
+        (or a function returning it, called only when some ids are extra, since reading every
+        split's ids costs a pass over the shards' id columns). With them, an extra id that
+        belongs to another split is reported as such (``ids ... belong to split 'train', not
+        'test'``), and one of the scored split itself that ``--limit`` left out is no error.
         """
         expected = list(dict.fromkeys(expected_ids))
         wanted = set(expected)
@@ -599,10 +724,15 @@ class PredictionsLocalizer(Localizer):
         problems = []
         if missing:
             problems.append(f"missing {len(missing)} ids: {_listing(missing)}")
+        resolved: list[SplitIds] = []
+
+        def known_splits() -> SplitIds:
+            if not resolved:
+                resolved.append((splits() if callable(splits) else splits) or {})
+            return resolved[0]
+
         if not self.allow_extra:
-            extra = sorted(set(self._files) - wanted)
-            if extra:
-                problems.append(f"{len(extra)} extra ids not in the dataset: {_listing(extra)}")
+            problems += self._extra_problems(sorted(set(self._files) - wanted), "", split, known_splits)
         if self._others:
             problems.append(
                 f"{len(self._others)} files that are not predictions"
@@ -614,19 +744,54 @@ class PredictionsLocalizer(Localizer):
             if unscored:
                 problems.append(f"{len(unscored)} ids without a score in {SCORES_FILE}: {_listing(unscored)}")
             if not self.allow_extra:
-                extra_scores = sorted(set(self._scores) - wanted)
-                if extra_scores:
-                    problems.append(
-                        f"{len(extra_scores)} ids in {SCORES_FILE} not in the dataset: {_listing(extra_scores)}"
-                    )
+                problems += self._extra_problems(
+                    sorted(set(self._scores) - wanted), f" in {SCORES_FILE}", split, known_splits
+                )
+        if deep:
+            _, bad = self._read_checked([i for i in expected if i in self._files], None)
+            if bad:
+                problems.append(f"{len(bad)} bad prediction files:{_lines(bad)}")
         if problems:
             raise PredictionsError(
                 f"predictions {str(self.path)!r} do not match the dataset ({len(expected)} ids):\n  "
                 + "\n  ".join(problems)
             )
-        if deep:
-            for sample_id in expected:
-                self._check(sample_id, self._load(sample_id), None)
+
+    def _extra_problems(
+        self, extra: list[str], where: str, split: str | None, known_splits: Callable[[], SplitIds]
+    ) -> list[str]:
+        """Problem lines for ids not among the expected ones, by the split they belong to."""
+        if not extra:
+            return []
+        grouped, unknown = _by_split(extra, known_splits() if split is not None else {})
+        lines = []
+        for name in sorted(grouped):
+            if name == split:
+                continue  # the scored split's own ids that --limit left out: not an error
+            ids = grouped[name]
+            lines.append(
+                f"{len(ids)} ids{where} belong to split {name!r}, not {split!r}: {_listing(ids)}"
+                f" (score them with --split {name}, or pass --model-arg allow_extra=true for a bundle"
+                " that covers several splits)"
+            )
+        if unknown:
+            lines.append(f"{len(unknown)} {'extra ids' if not where else 'ids'}{where} not in the dataset: {_listing(unknown)}")
+        return lines
+
+    def _read_checked(
+        self, ids: Sequence[str], shapes: Sequence[Sequence[int]] | None
+    ) -> tuple[list[np.ndarray], list[str]]:
+        """The checked maps of ``ids``, and the problem of every one that is unreadable or invalid.
+
+        Goes on past a bad file so that one error can name them all.
+        """
+        maps, bad = [], []
+        for k, sample_id in enumerate(ids):
+            try:
+                maps.append(self._check(sample_id, self._load(sample_id), shapes[k] if shapes is not None else None))
+            except PredictionsError as exc:
+                bad.append(str(exc))
+        return maps, bad
 
     # -- reading --------------------------------------------------------------------------------
     def _load(self, sample_id: str) -> np.ndarray:
@@ -655,6 +820,14 @@ class PredictionsLocalizer(Localizer):
             raise
         except LocalizerError as exc:
             raise PredictionsError(f"{exc} (file {self._files[sample_id][0]})") from None
+        if shape is not None and not same_aspect(out.maps[0].shape, shape):
+            h, w = out.maps[0].shape
+            raise PredictionsError(
+                f"predictions {self.name!r}: id {sample_id!r} ({self._files[sample_id][0]}): map is"
+                f" {h}x{w} but the image is {shape[0]}x{shape[1]}, another aspect ratio; expected"
+                f" {_aspect_shapes((h, w), shape)} [rule: a map has its image's size, or its aspect"
+                " ratio at another scale]"
+            )
         return out.maps[0]
 
     def predict(self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> LocalizerOutput:
@@ -664,7 +837,8 @@ class PredictionsLocalizer(Localizer):
             )
         if len(ids) != len(images):
             raise LocalizerError(f"predictions {self.name!r}: {len(images)} images but {len(ids)} ids")
-        maps = [self._check(i, self._load(i), np.shape(im)[:2]) for i, im in zip(ids, images)]
+        maps, bad = self._read_checked(ids, [np.shape(im)[:2] for im in images])
+        _raise_all(bad, f"predictions {self.name!r}: {len(bad)} bad prediction files in a batch of {len(ids)}")
         scores = None
         if self._scores is not None:
             absent = [i for i in ids if i not in self._scores]

@@ -5,8 +5,12 @@ One JSON document per (model, dataset split, protocol) run. The schema is strict
 leaderboard silently misreads; free-form content goes into the few dicts meant for it
 (``model.options``, ``protocol.details``, ``info``, extra ``counts``, perturbation parameters).
 
-Writers save a file with ``complete=False`` first (so a crash leaves a file that readers refuse
-rather than a half-computed score that looks final), then overwrite it with ``complete=True``.
+``complete`` is true only for a run that scored every sample of its split: a run cut short by
+``--limit`` says ``complete: false`` (and ``dataset.split_samples`` says how big the split is),
+and readers refuse such files unless asked, as they refuse any file whose writer did not finish.
+``dataset.verified`` says whether the data was a dolos-bench build checked against its
+manifest. Both fields are optional: schema 1.0 files written before them load with ``None``
+("not recorded"), and a ``None`` is left out when writing, so those files round-trip unchanged.
 Every write is atomic (temporary file + :func:`os.replace`), so a reader never sees a torn file.
 
 Bump :data:`SCHEMA_VERSION` on any change a reader must know about; the golden test
@@ -26,7 +30,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 from ..errors import UserError
 from ..utils.files import atomic_write_text
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = "1.0"
 """Version written into every results file; readers refuse any other."""
@@ -115,13 +122,38 @@ class ModelInfo(_Strict):
 
 
 class DatasetInfo(_Strict):
-    """Which data it was scored on; ``fingerprint`` (sha256 hex) identifies the exact bytes."""
+    """Which data it was scored on; ``fingerprint`` (sha256 hex) identifies the exact bytes.
+
+    ``verified``: true for a dolos-bench build whose shards matched its manifest, false for any
+    other data (a folder in another layout, whose fingerprint then hashes its files, or a Hub
+    id); ``None`` in files written before the field existed. ``split_samples``: the size of the
+    whole split, of which ``num_samples`` were scored (fewer with ``--limit``).
+    """
 
     path: str = Field(min_length=1)
     fingerprint: str = Field(pattern=_HEX64)
     split: str = Field(min_length=1)
     recipe: str | None = None
     num_samples: int = Field(ge=0)
+    verified: bool | None = None
+    split_samples: int | None = Field(default=None, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Optional fields added within schema 1.0: absent stays absent, so older files round-trip.
+        data = handler(self)
+        for name in _OPTIONAL_DATASET_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    @property
+    def partial(self) -> bool:
+        """True when only part of the split was scored (``--limit``)."""
+        return self.split_samples is not None and self.num_samples < self.split_samples
+
+
+_OPTIONAL_DATASET_FIELDS = ("verified", "split_samples")
 
 
 class ProtocolInfo(_Strict):
@@ -282,6 +314,12 @@ def load_results(path: str | os.PathLike[str], *, allow_incomplete: bool = False
         results = Results.model_validate(raw)
     except ValidationError as exc:
         raise ResultsError(f"{path}: invalid results file:\n{exc}") from exc
+    if not results.complete and not allow_incomplete and results.dataset.partial:
+        raise IncompleteResultsError(
+            f"{path}: results cover {results.dataset.num_samples} of the {results.dataset.split_samples} samples of "
+            f"split {results.dataset.split!r} (a --limit run), so they say complete: false; score the whole split "
+            "to compare or rank them."
+        )
     if not results.complete and not allow_incomplete:
         raise IncompleteResultsError(
             f"{path}: results file is incomplete (complete: false); its run was interrupted or is "

@@ -5,14 +5,19 @@ and per-sample records are checkpointed beside the output, chunks can be scored 
 processes, and their states are merged into the one that a single pass would give. The results
 JSON and the per-sample JSONL are written once, atomically, after every sample was scored. A
 model that breaks the protocol raises :class:`~dolos_bench.eval.api.LocalizerError` and leaves
-no results file behind (its finished chunks stay checkpointed for the re-run).
+no results file behind (its finished chunks stay checkpointed for the re-run); so does Ctrl-C,
+which ends in :class:`EvalInterrupted`, whose message says what was kept and how to resume.
+
+A results file is only ``complete`` when it covers the whole split (``limit`` that cuts the
+split gives ``complete: false``, which the leaderboard refuses to rank), and says
+``verified: false`` when the data was not a dolos-bench build checked against its manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shlex
 import shutil
 import sys
 import time
@@ -22,17 +27,18 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dolos_bench.data.reader import open_split
+from dolos_bench.data.reader import DataOrigin, Split, open_split
 from dolos_bench.utils.files import atomic_output
 
 from .api import LocalizerError
 from .localizers import load_localizer
+from .predictions import PredictionsLocalizer, dataset_split_ids
 from .metrics import MetricState
 from .protocols import Protocol, dolos_results, get_protocol
 from .results import (
     Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, save_results,
 )
-from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_key, run_units, score_split
+from .work import Checkpoints, Interruption, RunInterrupted, RunSetup, WorkUnit, run_key, run_units, score_split
 
 
 @dataclass
@@ -42,15 +48,14 @@ class EvalOutput:
     samples_path: Path | None
 
 
-def fingerprint(data: str, split: str, ids: list[str]) -> str:
-    """sha256 of the manifest's shard hashes when there is one, plus the split and the ids scored."""
+def fingerprint(origin: DataOrigin, split: str, ids: list[str]) -> str:
+    """sha256 of the data's content key, the split and the ids scored.
+
+    The content key is the manifest's shard hashes for a build, the sha256 of the files read for
+    any other local folder (so two folders that share a name are told apart), the id for the Hub.
+    """
     h = hashlib.sha256()
-    manifest = Path(data) / "manifest.json"
-    if manifest.exists():
-        shards = json.loads(manifest.read_text()).get("shards", [])
-        h.update(json.dumps(sorted(s["sha256"] for s in shards)).encode())
-    else:
-        h.update(str(data).encode())
+    h.update(origin.content_key().encode())
     h.update(split.encode())
     h.update("\n".join(ids).encode())
     return h.hexdigest()
@@ -85,8 +90,36 @@ def counts_of(state: MetricState) -> Counts:
     return Counts(samples=int(labels.size), real=int(labels.size) - fake, fake=fake)
 
 
+def data_notes(results: Results) -> list[str]:
+    """The one-line notes a command prints about the data behind ``results``: unverified, partial."""
+    data = results.dataset
+    notes = []
+    if data.verified is False:
+        notes.append(f"note: {data.path} is not a dolos-bench build checked against a manifest, so the data is "
+                     f"unverified (the results say verified: false; fingerprint {data.fingerprint[:16]})")
+    if data.partial:
+        notes.append(f"note: scored {data.num_samples} of the {data.split_samples} samples of split {data.split!r} "
+                     "(--limit): the results say complete: false, and the leaderboard does not rank them")
+    return notes
+
+
 class EvalInterrupted(RunInterrupted):
-    """Raised by ``stop_after_chunks`` (tests, benchmarks): finished chunks stay checkpointed."""
+    """Ctrl-C or ``stop_after_chunks`` (tests, benchmarks): finished chunks stay checkpointed."""
+
+
+def open_scored_split(data: str | Path, split: str, limit: int | None) -> tuple[Split, int]:
+    """The rows to score (the first ``limit`` of the split) and the size of the whole split."""
+    whole = open_split(data, split)
+    total = len(whole)
+    if limit is None or limit >= total:
+        return whole, total
+    return whole.select(0, limit), total
+
+
+def dataset_info(data: str | Path, split: str, ds: Split, ids: list[str], split_samples: int) -> DatasetInfo:
+    """The results' ``dataset`` section: fingerprint, whether verified, and how much was scored."""
+    return DatasetInfo(path=str(data), fingerprint=fingerprint(ds.origin, split, ids), split=split, recipe=None,
+                       num_samples=len(ids), verified=ds.origin.verified, split_samples=split_samples)
 
 
 def _write_samples(target: Path, parts: list[Path]) -> None:
@@ -95,6 +128,22 @@ def _write_samples(target: Path, parts: list[Path]) -> None:
         for part in parts:
             with part.open("rb") as src:
                 shutil.copyfileobj(src, fh)
+
+
+def _publish(results: Results, out: Path, samples_path: Path, parts: list[Path]) -> None:
+    """Write the samples, then the results file, the mark of a finished run.
+
+    An older results file at ``out`` goes first, so it never stands beside the new samples; if
+    the run stops before its results are written, the new samples go too.
+    """
+    out.unlink(missing_ok=True)
+    try:
+        _write_samples(samples_path, parts)
+        save_results(results, out)
+    except BaseException:
+        if not out.exists():
+            samples_path.unlink(missing_ok=True)
+        raise
 
 
 def run_eval(
@@ -123,34 +172,51 @@ def run_eval(
     ``out``, every finished chunk is checkpointed in ``.<out name>.eval/`` beside it, so a run
     that was interrupted resumes with the chunks it had; ``workers`` > 1 scores chunks in that
     many processes (each loads its own copy of the model). Neither changes a single number.
-    ``stop_after_chunks`` raises :class:`EvalInterrupted` after that many new chunks.
+    ``stop_after_chunks`` raises :class:`EvalInterrupted` after that many new chunks, as Ctrl-C
+    (``KeyboardInterrupt``) does at any point; its message names the checkpointed chunks and
+    ``command`` (default: this process's command line) as the way to resume.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     proto = get_protocol(protocol, exact=exact)
+    command = command or shlex.join(sys.argv)
+    interruption = Interruption("chunk", "chunks", command, keeps_checkpoints=out is not None)
+    try:
+        return _run_eval(model, data, proto, interruption, split=split, protocol=protocol, device=device,
+                         batch_size=batch_size, limit=limit, out=out, model_args=model_args, bootstrap=bootstrap,
+                         seed=seed, exact=exact, workers=workers, chunk_size=chunk_size, progress=progress,
+                         stop_after_chunks=stop_after_chunks)
+    except (KeyboardInterrupt, RunInterrupted):
+        raise EvalInterrupted(interruption.message()) from None
+
+
+def _run_eval(model: str, data: str, proto: Protocol, interruption: Interruption, *, split: str, protocol: str,
+              device: str, batch_size: int, limit: int | None, out: Path | None,
+              model_args: Mapping[str, Any] | None, bootstrap: int, seed: int, exact: bool, workers: int,
+              chunk_size: int, progress: Callable[[int, int], None] | None,
+              stop_after_chunks: int | None) -> EvalOutput:
+    """:func:`run_eval` once its arguments are checked; fills ``interruption`` as it goes."""
     start = time.perf_counter()
-    ds = open_split(data, split, limit)
+    ds, split_samples = open_scored_split(data, split, limit)
     ids = ds.column("id")
     localizer = load_localizer(model, device=device, options=dict(model_args or {}))
-    if hasattr(localizer, "validate"):
-        localizer.validate(ids)
+    if isinstance(localizer, PredictionsLocalizer):  # every bad file named before scoring starts
+        localizer.validate(ids, deep=True, split=split, splits=lambda: dataset_split_ids(data, split))
     info_model = model_info(localizer, model, model_args)
-    data_fp = fingerprint(str(data), split, ids)
-    key = run_key(info_model, data_fp, proto)
+    info_data = dataset_info(data, split, ds, ids, split_samples)
+    key = run_key(info_model, info_data.fingerprint, proto)
     checkpoints = Checkpoints(out.parent / f".{out.name}.eval", key) if out is not None else None
     setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
                      options=dict(model_args or {}), protocol=protocol, batch_size=batch_size, exact=exact,
                      checkpoint_folder=str(checkpoints.folder) if checkpoints else None, run_key=key)
     units = [WorkUnit(i, f"chunk {i + 1}", begin, min(begin + chunk_size, len(ids)), keep_records=out is not None)
              for i, begin in enumerate(range(0, len(ids), chunk_size))]
+    interruption.units, interruption.checkpoints = units, checkpoints
     load_s = time.perf_counter() - start
     t0 = time.perf_counter()
-    try:
-        states, resumed = run_units(units, setup, localizer=localizer, ds=ds, proto=proto, checkpoints=checkpoints,
-                                    workers=workers, stop_after=stop_after_chunks,
-                                    progress=(lambda d, t, _label: progress(d, t)) if progress else None)
-    except RunInterrupted as exc:
-        raise EvalInterrupted(str(exc)) from None
+    states, resumed = run_units(units, setup, localizer=localizer, ds=ds, proto=proto, checkpoints=checkpoints,
+                                workers=workers, stop_after=stop_after_chunks,
+                                progress=(lambda d, t, _label: progress(d, t)) if progress else None)
     state = proto.make_state()
     for unit in units:
         state.merge(states[unit.index])
@@ -162,14 +228,13 @@ def run_eval(
     results = Results(
         kind="eval",
         model=info_model,
-        dataset=DatasetInfo(path=str(data), fingerprint=data_fp, split=split,
-                            recipe=None, num_samples=len(ids)),
+        dataset=info_data,
         protocol=protocol_info(proto),
         metrics=metrics_of(computed),
         breakdowns=breakdowns_of(computed),
         counts=counts_of(state),
-        complete=True,
-        provenance=collect_provenance(command or " ".join(sys.argv), seeds={"bootstrap": seed},
+        complete=info_data.num_samples == split_samples,
+        provenance=collect_provenance(interruption.command, seeds={"bootstrap": seed},
                                       timings={"load_s": load_s, "predict_s": predict_s,
                                                "total_s": time.perf_counter() - start}),
         info=json.loads(json.dumps(info | ({"resumed_chunks": resumed} if resumed else {}), default=str)),
@@ -177,10 +242,12 @@ def run_eval(
     samples_path = None
     if out is not None and checkpoints is not None:
         samples_path = out.with_suffix(".samples.jsonl")
-        _write_samples(samples_path, [checkpoints.records_path(u) for u in units])
-        save_results(results, out)
+        _publish(results, out, samples_path, [checkpoints.records_path(u) for u in units])
         checkpoints.clear()
     return EvalOutput(results, out, samples_path)
 
 
-__all__ = ["run_eval", "open_split", "score_split", "EvalInterrupted", "EvalOutput", "LocalizerError"]
+__all__ = [
+    "run_eval", "open_split", "open_scored_split", "dataset_info", "data_notes", "score_split", "EvalInterrupted", "EvalOutput",
+    "LocalizerError",
+]

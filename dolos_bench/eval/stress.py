@@ -5,7 +5,9 @@ point of the suite: every image is perturbed with the build's perturbation code,
 (suite seed, chain, sample id) so a re-run sees the same pixels, while the ground truth stays the
 dataset's mask. The metric state of each finished point is checkpointed next to the output, so an
 interrupted sweep resumes where it stopped and ends with the same numbers; the results file is
-written once, atomically, when the whole grid is done.
+written once, atomically, when the whole grid is done. Ctrl-C ends in :class:`StressInterrupted`,
+whose message says how many points are checkpointed and the command that resumes the sweep. A
+sweep over the first ``limit`` samples of a split writes ``complete: false``.
 
 Summary, per perturbation, of the suite's headline metric ``m`` (higher is better), with ``c``
 its clean value and ``v_1..v_k`` its values over the perturbation's severities:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,10 +46,10 @@ from .results import (
     collect_provenance, save_results,
 )
 from .runner import (
-    breakdowns_of, counts_of, fingerprint, metrics_of, model_info, open_split, protocol_info,
+    breakdowns_of, counts_of, dataset_info, metrics_of, model_info, open_scored_split, protocol_info,
 )
-from .suite import LOWER_IS_BETTER, Suite, expand, load_suite
-from .work import Checkpoints, RunInterrupted, RunSetup, WorkUnit, run_key, run_units
+from .suite import LOWER_IS_BETTER, GridPoint, Suite, expand, load_suite
+from .work import Checkpoints, Interruption, RunInterrupted, RunSetup, WorkUnit, run_key, run_units
 
 
 class StressError(UserError, ValueError):
@@ -54,7 +57,7 @@ class StressError(UserError, ValueError):
 
 
 class StressInterrupted(RunInterrupted):
-    """Raised by ``stop_after_points`` (tests, benchmarks): the checkpoints written so far stay."""
+    """Ctrl-C or ``stop_after_points`` (tests, benchmarks): the checkpoints written so far stay."""
 
 
 @dataclass
@@ -147,13 +150,11 @@ def run_stress(
 
     ``progress(done, total, label)`` counts samples over the whole sweep. ``stop_after_points``
     raises :class:`StressInterrupted` after that many points were scored in this call (the
-    checkpoints stay), to test and time resuming. ``workers`` > 1 scores grid points in that
-    many processes, each with its own copy of the model (mind GPU memory with ``device="cuda"``);
-    the numbers do not depend on it.
+    checkpoints stay), to test and time resuming, as Ctrl-C does at any point; its message
+    names the checkpointed points and ``command`` (default: this process's command line) as the
+    way to resume. ``workers`` > 1 scores grid points in that many processes, each with its own
+    copy of the model (mind GPU memory with ``device="cuda"``); the numbers do not depend on it.
     """
-    from dolos_bench.report.plots import robustness_curves
-
-    start = time.perf_counter()
     if isinstance(suite, Suite):
         suite_obj, suite_file = suite, None
     else:
@@ -166,93 +167,147 @@ def run_stress(
         if any(part in metric for part in LOWER_IS_BETTER):
             raise StressError(f"{metric!r} is lower-is-better; the stress summary needs a higher-is-better metric")
     grid = expand(suite_obj, only)
-    proto: Protocol = get_protocol(protocol, exact=exact)
+    proto = get_protocol(protocol, exact=exact)
     out = Path(out)
     if out.suffix != ".json":
         raise StressError(f"--out must name a .json results file, got {out}")
-
-    ds = open_split(data, split, limit)
-    ids = ds.column("id")
-    localizer = load_localizer(model, device=device, options=dict(model_args or {}))
-    identity = localizer.identity()
-    if identity.get("kind") == "predictions":
-        raise StressError(
-            f"{model}: a folder of precomputed predictions cannot be stress-tested -- its maps do not "
-            "change when the images are perturbed. Pass the model itself (registered name, "
-            "module:Class, TorchScript or ONNX file)."
-        )
-    info_model = model_info(localizer, model, model_args)
-    data_fp = fingerprint(str(data), split, ids)
-    n = len(ids)
-    key = run_key(info_model, data_fp, proto, suite_seed=suite_obj.seed)
-    checkpoints = Checkpoints(out.parent / f".{out.name}.stress", key)
-    setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
-                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size, exact=exact,
-                     chain_seed=suite_obj.seed, checkpoint_folder=str(checkpoints.folder), run_key=key)
-    load_s = time.perf_counter() - start
-
-    units = [WorkUnit(0, "clean", 0, n)] + [
-        WorkUnit(i, p.key, 0, n, tuple(p.chain.spec())) for i, p in enumerate(grid, start=1)
-    ]
-    t0 = time.perf_counter()
+    sweep = _Sweep(model=model, data=data, proto=proto, suite=suite_obj, suite_file=suite_file, grid=grid, headline=headline,
+                   out=out, split=split, protocol=protocol, device=device, batch_size=batch_size, limit=limit,
+                   model_args=dict(model_args or {}), only=list(only or []), bootstrap=bootstrap, seed=seed,
+                   exact=exact, plots=plots, workers=workers,
+                   interruption=Interruption("point", "points of the sweep", command or shlex.join(sys.argv)))
     try:
+        return sweep.run(progress, stop_after_points)
+    except (KeyboardInterrupt, RunInterrupted):
+        raise StressInterrupted(sweep.interruption.message()) from None
+
+
+@dataclass
+class _Sweep:
+    """One checked ``run_stress`` call: scores the units, then summarises, plots and writes."""
+
+    model: str
+    data: str
+    proto: Protocol
+    suite: Suite
+    suite_file: Path | None
+    grid: list[GridPoint]
+    headline: str
+    out: Path
+    split: str
+    protocol: str
+    device: str
+    batch_size: int
+    limit: int | None
+    model_args: dict[str, Any]
+    only: list[str]
+    bootstrap: int
+    seed: int
+    exact: bool
+    plots: bool
+    workers: int
+    interruption: Interruption
+
+    def run(self, progress: Callable[[int, int, str], None] | None, stop_after: int | None) -> StressOutput:
+        start = time.perf_counter()
+        proto = self.proto
+        ds, split_samples = open_scored_split(self.data, self.split, self.limit)
+        ids = ds.column("id")
+        localizer = load_localizer(self.model, device=self.device, options=self.model_args)
+        identity = localizer.identity()
+        if identity.get("kind") == "predictions":
+            raise StressError(
+                f"{self.model}: a folder of precomputed predictions cannot be stress-tested -- its maps do not "
+                "change when the images are perturbed. Pass the model itself (registered name, "
+                "module:Class, TorchScript or ONNX file)."
+            )
+        info_model = model_info(localizer, self.model, self.model_args)
+        info_data = dataset_info(self.data, self.split, ds, ids, split_samples)
+        n = len(ids)
+        key = run_key(info_model, info_data.fingerprint, proto, suite_seed=self.suite.seed)
+        checkpoints = Checkpoints(self.out.parent / f".{self.out.name}.stress", key)
+        setup = RunSetup(model=self.model, data=str(self.data), split=self.split, limit=self.limit,
+                         device=self.device, options=self.model_args, protocol=self.protocol,
+                         batch_size=self.batch_size, exact=self.exact, chain_seed=self.suite.seed,
+                         checkpoint_folder=str(checkpoints.folder), run_key=key)
+        units = [WorkUnit(0, "clean", 0, n)] + [
+            WorkUnit(i, p.key, 0, n, tuple(p.chain.spec())) for i, p in enumerate(self.grid, start=1)
+        ]
+        self.interruption.units, self.interruption.checkpoints = units, checkpoints
+        load_s = time.perf_counter() - start
+        t0 = time.perf_counter()
         states, resumed = run_units(units, setup, localizer=localizer, ds=ds, proto=proto, checkpoints=checkpoints,
-                                    workers=workers, progress=progress, stop_after=stop_after_points)
-    except RunInterrupted as exc:
-        raise StressInterrupted(str(exc)) from None
-    predict_s = time.perf_counter() - t0
+                                    workers=self.workers, progress=progress, stop_after=stop_after)
+        predict_s = time.perf_counter() - t0
 
-    clean = states[0].compute(bootstrap=bootstrap, seed=seed)
-    points: list[StressPoint] = []
-    for index, point in enumerate(grid, start=1):
-        computed = states[index].compute(bootstrap=bootstrap, seed=seed)
-        points.append(StressPoint(
-            perturbation=point.perturbation, severity=point.severity,
-            spec=[PerturbationSpec(**s) for s in point.chain.spec()],
-            metrics=metrics_of(computed),
-        ))
-    clean_metrics = metrics_of(clean)
-    clean_value = clean_metrics[headline].value if headline in clean_metrics else None
-    summary = {}
-    for entry in dict.fromkeys(p.perturbation for p in points):
-        mine = [p for p in points if p.perturbation == entry]
-        summary[entry] = summarize(
-            clean_value, [p.severity for p in mine],
-            [p.metrics[headline].value if headline in p.metrics else None for p in mine],
+        clean = states[0].compute(bootstrap=self.bootstrap, seed=self.seed)
+        points = [
+            StressPoint(perturbation=point.perturbation, severity=point.severity,
+                        spec=[PerturbationSpec(**s) for s in point.chain.spec()],
+                        metrics=metrics_of(states[index].compute(bootstrap=self.bootstrap, seed=self.seed)))
+            for index, point in enumerate(self.grid, start=1)
+        ]
+        clean_metrics = metrics_of(clean)
+        self.out.unlink(missing_ok=True)  # an older results file must not stand beside new curves
+        plot_files = self._plots(info_model.id, points, clean_metrics) if self.plots else {}
+        results = Results(
+            kind="stress",
+            model=info_model,
+            dataset=info_data,
+            protocol=protocol_info(proto),
+            metrics=clean_metrics,
+            breakdowns=breakdowns_of(clean),
+            counts=counts_of(states[0]),
+            complete=info_data.num_samples == split_samples,
+            provenance=collect_provenance(
+                self.interruption.command, seeds={"bootstrap": self.seed, "suite": self.suite.seed},
+                timings={"load_s": load_s, "predict_s": predict_s, "total_s": time.perf_counter() - start},
+            ),
+            info=self._info(resumed, plot_files),
+            stress=StressInfo(suite=self.suite.name, metric=self.headline, grid=points,
+                              summary=self._summary(points, clean_metrics)),
         )
+        save_results(results, self.out)
+        checkpoints.clear()
+        return StressOutput(results, self.out, plot_files, resumed)
 
-    axis_labels = {e.name: e.axis for e in suite_obj.perturbations}
-    curve_metrics = list(dict.fromkeys([headline, *suite_obj.curve_metrics()]))
-    plot_files: dict[str, dict[str, Path]] = {}
-    if plots:
-        label = info_model.id
-        for m in curve_metrics:
+    def _summary(self, points: list[StressPoint], clean_metrics: Mapping[str, Any]) -> dict[str, StressSummary]:
+        clean_value = clean_metrics[self.headline].value if self.headline in clean_metrics else None
+        summary = {}
+        for entry in dict.fromkeys(p.perturbation for p in points):
+            mine = [p for p in points if p.perturbation == entry]
+            summary[entry] = summarize(
+                clean_value, [p.severity for p in mine],
+                [p.metrics[self.headline].value if self.headline in p.metrics else None for p in mine],
+            )
+        return summary
+
+    def _axis_labels(self) -> dict[str, str]:
+        return {e.name: e.axis for e in self.suite.perturbations}
+
+    def _curve_metrics(self) -> list[str]:
+        return list(dict.fromkeys([self.headline, *self.suite.curve_metrics()]))
+
+    def _plots(self, label: str, points: list[StressPoint], clean_metrics: Mapping[str, Any]) -> dict[str, dict[str, Path]]:
+        from dolos_bench.report.plots import robustness_curves
+
+        plot_files: dict[str, dict[str, Path]] = {}
+        for m in self._curve_metrics():
             reference = clean_metrics.get(m)
             plot_files[m] = robustness_curves(
-                {label: points}, plot_stem(out, m), metric=m,
+                {label: points}, plot_stem(self.out, m), metric=m,
                 references={label: reference.value if reference is not None else None},
-                axis_labels=axis_labels,
-                title=f"{label} on {Path(str(data)).name}/{split}: {m} (dashed: unperturbed)",
+                axis_labels=self._axis_labels(),
+                title=f"{label} on {Path(str(self.data)).name}/{self.split}: {m} (dashed: unperturbed)",
             )
+        return plot_files
 
-    results = Results(
-        kind="stress",
-        model=info_model,
-        dataset=DatasetInfo(path=str(data), fingerprint=data_fp, split=split, recipe=None, num_samples=len(ids)),
-        protocol=protocol_info(proto),
-        metrics=clean_metrics,
-        breakdowns=breakdowns_of(clean),
-        counts=counts_of(states[0]),
-        complete=True,
-        provenance=collect_provenance(
-            command or " ".join(sys.argv), seeds={"bootstrap": seed, "suite": suite_obj.seed},
-            timings={"load_s": load_s, "predict_s": predict_s, "total_s": time.perf_counter() - start},
-        ),
-        info={
+    def _info(self, resumed: int, plot_files: Mapping[str, Mapping[str, Path]]) -> dict[str, Any]:
+        return {
             "suite": {
-                "name": suite_obj.name, "file": str(suite_file) if suite_file else None,
-                "sha256": suite_obj.sha256(), "only": list(only or []), "axes": axis_labels,
-                "plot_metrics": curve_metrics,
+                "name": self.suite.name, "file": str(self.suite_file) if self.suite_file else None,
+                "sha256": self.suite.sha256(), "only": self.only, "axes": self._axis_labels(),
+                "plot_metrics": self._curve_metrics(),
             },
             "ground_truth": "dataset mask at its own resolution; perturbations touch the image only",
             "summary_definitions": {
@@ -262,12 +317,7 @@ def run_stress(
             },
             "resumed_points": resumed,
             "plots": {m: {fmt: p.name for fmt, p in files.items()} for m, files in plot_files.items()},
-        },
-        stress=StressInfo(suite=suite_obj.name, metric=headline, grid=points, summary=summary),
-    )
-    save_results(results, out)
-    checkpoints.clear()
-    return StressOutput(results, out, plot_files, resumed)
+        }
 
 
 def metrics_known(protocol: str) -> list[str]:

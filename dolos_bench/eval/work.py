@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from dolos_bench.data.reader import Split, open_split
+from dolos_bench.errors import UserError
 from dolos_bench.seeding import rng_for
 from dolos_bench.utils.files import atomic_write_text
 
@@ -43,8 +45,14 @@ if TYPE_CHECKING:
 CHECKPOINT_VERSION = 1
 
 
-class RunInterrupted(RuntimeError):
-    """Raised by ``stop_after`` (tests, benchmarks): the checkpoints written so far stay."""
+class RunInterrupted(UserError, RuntimeError):
+    """The run stopped before it finished (Ctrl-C, or ``stop_after`` in tests and benchmarks).
+
+    Its message is the one line the CLI ends with: what was kept and the command that resumes.
+    The checkpoints written so far stay; no results file was written.
+    """
+
+    exit_code = 130  # the shell's code for a process ended by SIGINT
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,33 @@ class RunSetup:
     chain_seed: int = 0
     checkpoint_folder: str | None = None
     run_key: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Interruption:
+    """What an interrupted run can say about itself; filled in as the run gets set up.
+
+    ``units`` is None until the run knows its units (interrupted while loading); ``checkpoints``
+    is None when the run keeps none (``bench eval`` without ``--out``).
+    """
+
+    noun: str
+    nouns: str
+    command: str
+    units: Sequence["WorkUnit"] | None = None
+    checkpoints: "Checkpoints | None" = None
+    keeps_checkpoints: bool = True
+
+    def message(self) -> str:
+        """One line: how many units are checkpointed where, and the command that resumes."""
+        if not self.keeps_checkpoints:
+            return (f"interrupted: nothing was kept (without --out no {self.noun} is checkpointed); "
+                    f"run it again to start over, adding --out FILE to make it resumable: {self.command}")
+        if self.units is None or self.checkpoints is None:
+            return f"interrupted before scoring began: nothing new was kept; run the same command again: {self.command}"
+        kept = sum(1 for unit in self.units if self.checkpoints.load(unit) is not None)
+        return (f"interrupted: {kept} of {len(self.units)} {self.nouns} checkpointed in {self.checkpoints.folder}/; "
+                f"run the same command again to resume: {self.command}")
 
 
 class Checkpoints:
@@ -249,6 +284,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(setup: RunSetup) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the parent alone handles it (it ends
+    # the workers and prints one line), so no idle worker prints a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import torch
 
@@ -275,7 +313,9 @@ def _pool(setup: RunSetup, units: Sequence[WorkUnit], workers: int) -> Iterator[
     """Score units in a process pool; yield each with its state as it finishes (any order).
 
     A failure in a worker re-raises here with the worker's message; units not started yet are
-    dropped, so the run stops soon instead of finishing work whose results will not be used.
+    dropped, so the run stops soon instead of finishing work whose results will not be used
+    (units under way finish and are checkpointed). On Ctrl-C, or when the caller stops early,
+    the workers are ended at once: their units were not finished and are redone on resume.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -283,8 +323,9 @@ def _pool(setup: RunSetup, units: Sequence[WorkUnit], workers: int) -> Iterator[
     # forkserver: workers fork from a clean server, not from this process and its threads.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["dolos_bench.eval.work"])
-    with ProcessPoolExecutor(min(workers, len(units)), mp_context=context, initializer=_init_worker,
-                             initargs=(setup,)) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(units)), mp_context=context, initializer=_init_worker,
+                               initargs=(setup,))
+    try:
         futures = {pool.submit(_score_in_worker, unit): unit for unit in units}
         remaining = set(futures)
         try:
@@ -292,10 +333,21 @@ def _pool(setup: RunSetup, units: Sequence[WorkUnit], workers: int) -> Iterator[
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for future in finished:
                     yield futures[future], MetricState.from_dict(future.result())
-        except BaseException:
+        except BaseException as exc:
             for future in remaining:
                 future.cancel()
+            if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+                _end_workers(pool)
             raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _end_workers(pool: Any) -> None:
+    """Terminate a pool's worker processes (the executor has no public call for it)."""
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.terminate()
 
 
 def run_units(
@@ -347,4 +399,4 @@ def run_units(
     return states, resumed
 
 
-__all__ = ["Checkpoints", "RunInterrupted", "RunSetup", "WorkUnit", "run_key", "run_units", "score_split", "score_unit"]
+__all__ = ["Checkpoints", "Interruption", "RunInterrupted", "RunSetup", "WorkUnit", "run_key", "run_units", "score_split", "score_unit"]

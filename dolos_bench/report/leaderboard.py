@@ -7,7 +7,13 @@ the figures as base64 SVG. No CDN, no fetch, no server.
 Ranks are given *within* a dataset split (by fingerprint) and protocol: a score on another
 dataset or under another protocol is a different number, and ranking across them would invite
 exactly the comparison the protocol names exist to prevent. With one dataset and protocol -- the
-usual case -- this is a plain global ranking.
+usual case -- this is a plain global ranking. Two datasets whose folders share a name are told
+apart by a short fingerprint after the name ("qs/test (3f2a9c1)").
+
+The output folder is a derived artifact, so building into the folder of an earlier leaderboard
+replaces that leaderboard without a flag. It replaces only what it wrote: the files are listed in
+the folder's ownership record (:mod:`dolos_bench.utils.outdir`), and a folder holding any other
+file (a hand-written ``index.html``, notes) is refused with the list of those files, untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import csv
 import io
 import json
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -26,8 +32,12 @@ from markupsafe import Markup
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 import dolos_bench
+from dolos_bench.errors import UserError
 from dolos_bench.eval.results import Metric, Results, ResultsError, StressPoint, load_results
+from dolos_bench.eval.suite import LOWER_IS_BETTER
 from dolos_bench.report import plots
+from dolos_bench.utils.files import atomic_write_bytes
+from dolos_bench.utils.outdir import RECORD, read_record, refuse_foreign, remove_ours, write_record
 
 PRIMARY_METRIC = "pixel/iou@0.5/mean-of-images/fakes"
 HEADLINE_METRICS: tuple[str, ...] = (
@@ -43,6 +53,19 @@ MISSING = "—"
 """Shown for a metric that a result does not have or that is undefined (``value: null``)."""
 
 DEFAULT_TITLE = "dolos-bench leaderboard"
+RECORD_KIND = "leaderboard"
+"""The ``kind`` of the ownership record a leaderboard folder carries."""
+SHORT_FINGERPRINT = 7
+
+AUC_NOTE = (
+    "Area under curve: the curve's mean height over the tested severity range (the trapezoidal area "
+    "under the metric against severity, divided by the range's width), in the metric's units; 1.0 "
+    "means a perfect score at every severity. Non-numeric severities are spaced evenly in suite order."
+)
+DROP_NOTE = (
+    "Relative drop: (clean - worst) / clean, the share of the clean score lost at the worst severity. "
+    "A negative drop means the model scored higher under the perturbation than on the clean data."
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,8 @@ class Entry:
     source: Path
     results: Results
     label: str
+    dataset: str
+    """The dataset/split as the table shows it, with a short fingerprint where a name is shared."""
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -67,6 +92,8 @@ def load_entries(result_paths: Iterable[str | Path]) -> list[Entry]:
     if not paths:
         raise ResultsError("no results files given to the leaderboard")
     loaded = [(p, load_results(p)) for p in paths]
+    datasets_shown = dataset_labels([r for _, r in loaded])
+    shared = _shared_names([r for _, r in loaded])
     # Eval and stress files are shown apart (table vs curves), so "ela" may name one of each.
     groups: dict[tuple[str, str], list[int]] = {}
     for i, (_, r) in enumerate(loaded):
@@ -75,11 +102,13 @@ def load_entries(result_paths: Iterable[str | Path]) -> list[Entry]:
     for idxs in groups.values():
         if len(idxs) < 2:
             continue
-        datasets = {_dataset_label(loaded[i][1]) for i in idxs}
+        datasets = {datasets_shown[i] for i in idxs}
         protocols = {loaded[i][1].protocol.name for i in idxs}
         for i in idxs:
             r = loaded[i][1]
-            context = ([_dataset_label(r)] if len(datasets) > 1 else []) + ([r.protocol.name] if len(protocols) > 1 else [])
+            # The fingerprint without brackets of its own: "ela (qs/test 3f2a9c1)".
+            shown = _dataset_label(r) + (f" {short_fingerprint(r.dataset.fingerprint)}" if _dataset_name(r) in shared else "")
+            context = ([shown] if len(datasets) > 1 else []) + ([r.protocol.name] if len(protocols) > 1 else [])
             if context:
                 labels[i] = f"{r.model.id} ({', '.join(context)})"
     keyed = [(loaded[i][1].kind, lab) for i, lab in enumerate(labels)]
@@ -89,7 +118,7 @@ def load_entries(result_paths: Iterable[str | Path]) -> list[Entry]:
     for key, lab in zip(keyed, labels):
         seen[key] += 1
         unique.append(lab if total[key] == 1 else f"{lab} #{seen[key]}")
-    return [Entry(p, r, lab) for (p, r), lab in zip(loaded, unique)]
+    return [Entry(p, r, lab, ds) for (p, r), lab, ds in zip(loaded, unique, datasets_shown)]
 
 
 def _dataset_name(results: Results) -> str:
@@ -99,6 +128,33 @@ def _dataset_name(results: Results) -> str:
 
 def _dataset_label(results: Results) -> str:
     return f"{_dataset_name(results)}/{results.dataset.split}"
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """The first hex digits of a fingerprint (after any ``scheme:`` prefix), as git shortens hashes."""
+    return fingerprint.rsplit(":", 1)[-1][:SHORT_FINGERPRINT]
+
+
+def _shared_names(results: Sequence[Results]) -> set[str]:
+    """Dataset folder names that more than one dataset (by fingerprint) goes by."""
+    fingerprints: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        fingerprints[_dataset_name(r)].add(r.dataset.fingerprint)
+    return {name for name, fps in fingerprints.items() if len(fps) > 1}
+
+
+def dataset_labels(results: Sequence[Results]) -> list[str]:
+    """``name/split`` for each result, plus ``(short fingerprint)`` wherever results whose
+    folders share a name come from different datasets -- "out/qs" and "backup/qs" are not the
+    same data just because both are called "qs"."""
+    shared = _shared_names(results)
+    return [_dataset_label(r) + (f" ({short_fingerprint(r.dataset.fingerprint)})" if _dataset_name(r) in shared else "")
+            for r in results]
+
+
+def metric_higher_is_better(metric: str) -> bool:
+    """A metric's direction, by the same rule as the stress suites (``eval.suite.LOWER_IS_BETTER``)."""
+    return not any(part in metric for part in LOWER_IS_BETTER)
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -145,7 +201,7 @@ def _primary_value(results: Results, metric: str) -> float | None:
 
 
 def rank_entries(
-    entries: Sequence[Entry], primary_metric: str = PRIMARY_METRIC, *, higher_is_better: bool = True
+    entries: Sequence[Entry], primary_metric: str = PRIMARY_METRIC, *, higher_is_better: bool | None = None
 ) -> list[tuple[int | None, Entry]]:
     """Order rows by group, then best primary metric first (missing last); assign ranks.
 
@@ -153,7 +209,10 @@ def rank_entries(
     (their clean scores) and no eval file scored the same model on the same data and protocol
     (the clean scores would be the same numbers twice). Equal values share a rank ("1, 2, 2, 4"); a row without the primary
     metric gets no rank. Ties are broken by label so the output is deterministic.
+    ``higher_is_better`` defaults to the metric's own direction (:func:`metric_higher_is_better`).
     """
+    if higher_is_better is None:
+        higher_is_better = metric_higher_is_better(primary_metric)
     def same_run(r: Results) -> tuple[Any, ...]:
         return (r.model.id, r.model.weights_sha256, r.dataset.fingerprint, r.protocol.name)
 
@@ -229,6 +288,7 @@ def row_dict(rank: int | None, e: Entry) -> dict[str, Any]:
         "model_kind": r.model.kind,
         "kind": r.kind,
         "dataset": _dataset_name(r),
+        "dataset_label": e.dataset,
         "split": r.dataset.split,
         "protocol": r.protocol.name,
         "counts": r.counts.model_dump(),
@@ -258,7 +318,7 @@ def markdown_table(
         cells = [
             MISSING if rank is None else str(rank),
             e.label,
-            _dataset_label(r),
+            e.dataset,
             r.protocol.name,
             *(format_metric(r.metrics.get(m), digits) for m in metrics),
         ]
@@ -288,10 +348,12 @@ def markdown_document(
     primary_metric: str,
     entries: Sequence[Entry],
     *,
-    higher_is_better: bool = True,
+    higher_is_better: bool | None = None,
     digits: int = 3,
 ) -> str:
     """``leaderboard.md``: the table, how to read it, and the stress summaries if any."""
+    if higher_is_better is None:
+        higher_is_better = metric_higher_is_better(primary_metric)
     better = "higher" if higher_is_better else "lower"
     parts = [
         f"# {title}\n",
@@ -312,6 +374,7 @@ def markdown_document(
                      _fmt_float(s.get("relative_drop"), digits), _fmt_float(s.get("area_under_curve"), digits)]
             lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
         parts.append("\n".join(lines) + "\n")
+        parts.append(f"{DROP_NOTE}\n\n{AUC_NOTE}\n")
     return "\n".join(parts)
 
 
@@ -363,13 +426,27 @@ def generator_matrix(entries: Sequence[Entry], metric: str) -> dict[str, dict[st
     return out
 
 
-def _data_uri(path: Path) -> str:
-    mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+def _data_uri(name: str, data: bytes) -> str:
+    mime = "image/svg+xml" if name.endswith(".svg") else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _render_figure(fig: Any, stem: str, site: dict[str, bytes]) -> dict[str, str]:
+    """Render ``fig`` in every format into ``site`` (relative path -> bytes); return format -> path.
+
+    The site is built in memory and written only once it is complete, so a failure while
+    drawing leaves the folder as it was.
+    """
+    files = {}
+    for fmt in plots.FORMATS:
+        rel = f"plots/{stem}.{fmt}"
+        site[rel] = plots.render(fig, fmt)
+        files[fmt] = rel
+    return files
 
 
 def _build_heatmaps(
-    row_entries: Sequence[Entry], metrics: Sequence[str], plot_dir: Path, digits: int
+    row_entries: Sequence[Entry], metrics: Sequence[str], site: dict[str, bytes], digits: int, full_range: bool
 ) -> list[dict[str, Any]]:
     figures = []
     for metric in metrics:
@@ -377,13 +454,14 @@ def _build_heatmaps(
         if not values:
             continue
         generators = sorted({g for row in values.values() for g in row})
-        files = plots.heatmap(values, plot_dir / f"heatmap-{_slug(metric)}", metric=metric, columns=generators,
-                              title=f"{metric} by generator", digits=min(digits, 2))
+        fig = plots.heatmap_figure(values, metric=metric, columns=generators, title=f"{metric} by generator",
+                                   digits=min(digits, 2), full_range=full_range)
+        files = _render_figure(fig, f"heatmap-{_slug(metric)}", site)
         figures.append({"metric": metric, "generators": generators, "values": values, "files": files})
     return figures
 
 
-def _build_curves(entries: Sequence[Entry], plot_dir: Path) -> list[dict[str, Any]]:
+def _build_curves(entries: Sequence[Entry], site: dict[str, bytes], full_range: bool) -> list[dict[str, Any]]:
     by_metric: dict[str, dict[str, list[StressPoint]]] = {}
     clean: dict[str, dict[str, float | None]] = {}
     axes: dict[str, str] = {}
@@ -400,12 +478,12 @@ def _build_curves(entries: Sequence[Entry], plot_dir: Path) -> list[dict[str, An
                 clean.setdefault(metric, {})[e.label] = reference.value if reference is not None else None
     figures = []
     for metric, curves in by_metric.items():
-        files = plots.robustness_curves(curves, plot_dir / f"robustness-{_slug(metric)}", metric=metric,
-                                        references=clean.get(metric), axis_labels=axes)
+        fig = plots.robustness_figure(curves, metric=metric, references=clean.get(metric), axis_labels=axes,
+                                      full_range=full_range)
         figures.append({
             "metric": metric,
             "curves": {lab: [p.model_dump(mode="json") for p in grid] for lab, grid in curves.items()},
-            "files": files,
+            "files": _render_figure(fig, f"robustness-{_slug(metric)}", site),
         })
     return figures
 
@@ -430,6 +508,27 @@ def _script_json(payload: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _first_sort(higher_is_better: bool) -> str:
+    """The direction a column's first click sorts in: best first."""
+    return "descending" if higher_is_better else "ascending"
+
+
+def _metric_columns(metrics: Sequence[str], primary_metric: str, higher_is_better: bool) -> list[dict[str, str]]:
+    """Each metric column with its direction: the primary metric's is the ranking's, the others' their own."""
+    out = []
+    for m in metrics:
+        up = higher_is_better if m == primary_metric else metric_higher_is_better(m)
+        out.append({"name": m, "first_sort": _first_sort(up), "better": "higher" if up else "lower"})
+    return out
+
+
+def _summary_cells(stress_summary: Sequence[Mapping[str, Any]], digits: int) -> list[dict[str, Any]]:
+    """Stress summary rows formatted for the page; a negative drop is flagged for its tooltip."""
+    return [{**s, "relative_drop": _fmt_float(s.get("relative_drop"), digits),
+             "area_under_curve": _fmt_float(s.get("area_under_curve"), digits),
+             "improved": (s.get("relative_drop") or 0.0) < 0} for s in stress_summary]
+
+
 def render_html(
     *,
     title: str,
@@ -441,9 +540,12 @@ def render_html(
     curves: Sequence[Mapping[str, Any]],
     stress_summary: Sequence[Mapping[str, Any]],
     payload: Mapping[str, Any],
+    site: Mapping[str, bytes],
+    full_range: bool = False,
     digits: int = 3,
 ) -> str:
-    """Render ``index.html`` from the template; every asset is inlined."""
+    """Render ``index.html`` from the template; every asset is inlined (figures from ``site``,
+    the rendered files by relative path)."""
     rows = []
     for rank, e in ranked:
         r = e.results
@@ -460,7 +562,7 @@ def render_html(
             "label": e.label,
             "model_kind": r.model.kind,
             "kind": r.kind,
-            "dataset": _dataset_label(r),
+            "dataset": e.dataset,
             "fingerprint": r.dataset.fingerprint,
             "protocol": r.protocol.name,
             "samples": r.counts.samples,
@@ -472,18 +574,48 @@ def render_html(
         title=title,
         primary_metric=primary_metric,
         better="higher" if higher_is_better else "lower",
-        metrics=list(metrics),
+        metrics=_metric_columns(metrics, primary_metric, higher_is_better),
         rows=rows,
-        heatmaps=[{"metric": h["metric"], "src": _data_uri(h["files"]["svg"]), "id": _slug(h["metric"])} for h in heatmaps],
-        curves=[{"metric": c["metric"], "src": _data_uri(c["files"]["svg"])} for c in curves],
-        stress_summary=[{**s, "relative_drop": _fmt_float(s.get("relative_drop"), digits),
-                         "area_under_curve": _fmt_float(s.get("area_under_curve"), digits)} for s in stress_summary],
+        heatmaps=[{"metric": h["metric"], "src": _data_uri(h["files"]["svg"], site[h["files"]["svg"]]),
+                   "id": _slug(h["metric"])} for h in heatmaps],
+        curves=[{"metric": c["metric"], "src": _data_uri(c["files"]["svg"], site[c["files"]["svg"]])} for c in curves],
+        stress_summary=_summary_cells(stress_summary, digits),
+        full_range=full_range,
+        auc_note=AUC_NOTE,
+        drop_note=DROP_NOTE,
         missing=MISSING,
         data_json=_script_json(payload),
         version=dolos_bench.__version__,
         json_dumps=lambda v: json.dumps(v, sort_keys=True),
         slash_break=Markup("/<wbr>"),  # lets long metric names wrap at their slashes
     )
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def claim_folder(out: Path) -> list[str]:
+    """The files an earlier leaderboard wrote in ``out`` (empty for a new or empty folder).
+
+    Refuses, touching nothing, a path that is a file and a folder holding anything that no
+    leaderboard recorded as its own: the user's files are never replaced or deleted.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder: choose a folder for the leaderboard")
+    recorded = read_record(out, RECORD_KIND)
+    refuse_foreign(out, [*recorded, RECORD] if recorded is not None else [], what="leaderboard")
+    return recorded or []
+
+
+def write_site(out: Path, site: Mapping[str, bytes], previous: Sequence[str]) -> None:
+    """Write every file of ``site`` atomically, then drop the earlier leaderboard's files it no
+    longer has. The record lists old and new files while they are written, so an interrupted
+    run leaves a folder that the next run still recognises as its own."""
+    write_record(out, RECORD_KIND, [*previous, *site])
+    for rel, data in site.items():
+        atomic_write_bytes(out / rel, data)
+    remove_ours(out, sorted(set(previous) - set(site)))
+    write_record(out, RECORD_KIND, site)
 
 
 # ------------------------------------------------------------------------------------ facade
@@ -497,7 +629,8 @@ def build_leaderboard(
     primary_metric: str = PRIMARY_METRIC,
     metrics: Sequence[str] | None = None,
     heatmap_metrics: Sequence[str] | None = None,
-    higher_is_better: bool = True,
+    higher_is_better: bool | None = None,
+    full_range: bool = False,
     digits: int = 3,
 ) -> dict[str, Any]:
     """Build the site in ``out_dir`` and return the leaderboard payload (+ ``files`` written).
@@ -505,26 +638,34 @@ def build_leaderboard(
     Writes ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json``, ``index.html`` and
     ``plots/*.png|svg``. ``metrics`` overrides the headline columns; ``heatmap_metrics`` the
     metrics drawn by generator (default: the headline ones that results break down by
-    generator; the page offers a selector). Raises :class:`ResultsError` for any unusable
-    file -- incomplete, unknown version, malformed -- before writing anything.
+    generator; the page offers a selector). ``higher_is_better`` defaults to the primary
+    metric's direction. Figures fit their axes and colours to the data; ``full_range`` draws
+    them over [0, 1]. Raises :class:`ResultsError` for any unusable file -- incomplete, unknown
+    version, malformed -- and :class:`~dolos_bench.utils.outdir.ForeignFilesError` for a folder
+    holding files no leaderboard wrote, before writing anything. An earlier leaderboard in
+    ``out_dir`` is replaced (see the module docstring).
     """
     entries = load_entries(result_paths)
     out = Path(out_dir)
-    plot_dir = out / "plots"
-    plot_dir.mkdir(parents=True, exist_ok=True)
+    previous = claim_folder(out)
+    if higher_is_better is None:
+        higher_is_better = metric_higher_is_better(primary_metric)
 
     ranked = rank_entries(entries, primary_metric, higher_is_better=higher_is_better)
     headline = choose_headline(entries, primary_metric, metrics)
     # Eval rows only: a stress file's clean scores would duplicate its model's heatmap row.
     eval_entries = [e for _, e in ranked if e.results.kind == "eval"]
-    heatmaps = _build_heatmaps(eval_entries, heatmap_metrics if heatmap_metrics is not None else headline, plot_dir, digits)
-    curves = _build_curves(entries, plot_dir)
+    site: dict[str, bytes] = {}
+    heatmaps = _build_heatmaps(eval_entries, heatmap_metrics if heatmap_metrics is not None else headline, site,
+                               digits, full_range)
+    curves = _build_curves(entries, site, full_range)
     stress_summary = _stress_summary_rows(entries)
 
     payload: dict[str, Any] = {
         "title": title,
         "primary_metric": primary_metric,
         "higher_is_better": higher_is_better,
+        "full_range": full_range,
         "metrics": headline,
         "rows": [row_dict(rank, e) for rank, e in ranked],
         "heatmaps": [{k: h[k] for k in ("metric", "generators", "values")} for h in heatmaps],
@@ -533,27 +674,20 @@ def build_leaderboard(
         "dolos_bench_version": dolos_bench.__version__,
     }
 
-    files = {
-        "markdown": out / "leaderboard.md",
-        "csv": out / "leaderboard.csv",
-        "json": out / "leaderboard.json",
-        "html": out / "index.html",
-    }
-    files["markdown"].write_text(
-        markdown_document(title, ranked, headline, primary_metric, entries, higher_is_better=higher_is_better, digits=digits),
-        encoding="utf-8",
-    )
-    files["csv"].write_text(csv_text(ranked, headline), encoding="utf-8", newline="")
-    files["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    files["html"].write_text(
-        render_html(title=title, primary_metric=primary_metric, higher_is_better=higher_is_better, metrics=headline,
-                    ranked=ranked, heatmaps=heatmaps, curves=curves, stress_summary=stress_summary,
-                    payload=payload, digits=digits),
-        encoding="utf-8",
-    )
-    plot_files = {f"{kind}:{fig['metric']}:{fmt}": p for kind, figs in (("heatmap", heatmaps), ("robustness", curves))
-                  for fig in figs for fmt, p in fig["files"].items()}
-    return {**payload, "files": {**{k: str(v) for k, v in files.items()}, **{k: str(v) for k, v in plot_files.items()}}}
+    files = {"markdown": "leaderboard.md", "csv": "leaderboard.csv", "json": "leaderboard.json", "html": "index.html"}
+    site[files["markdown"]] = markdown_document(title, ranked, headline, primary_metric, entries,
+                                                higher_is_better=higher_is_better, digits=digits).encode()
+    site[files["csv"]] = csv_text(ranked, headline).encode()
+    site[files["json"]] = (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode()
+    site[files["html"]] = render_html(
+        title=title, primary_metric=primary_metric, higher_is_better=higher_is_better, metrics=headline,
+        ranked=ranked, heatmaps=heatmaps, curves=curves, stress_summary=stress_summary, payload=payload,
+        site=site, full_range=full_range, digits=digits,
+    ).encode()
+    write_site(out, site, previous)
+    plot_files = {f"{kind}:{fig['metric']}:{fmt}": rel for kind, figs in (("heatmap", heatmaps), ("robustness", curves))
+                  for fig in figs for fmt, rel in fig["files"].items()}
+    return {**payload, "files": {k: str(out / rel) for k, rel in {**files, **plot_files}.items()}}
 
 
 __all__ = [
@@ -572,4 +706,11 @@ __all__ = [
     "generator_matrix",
     "render_html",
     "build_leaderboard",
+    "claim_folder",
+    "write_site",
+    "dataset_labels",
+    "short_fingerprint",
+    "metric_higher_is_better",
+    "AUC_NOTE",
+    "DROP_NOTE",
 ]
