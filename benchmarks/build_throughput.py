@@ -28,10 +28,10 @@ from helpers import make_image_folder  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from dolos_bench.build.pipeline import run_build  # noqa: E402
+from dolos_bench.builder.pipeline import run_build  # noqa: E402
 from dolos_bench.data.dataset_io import rows_to_table  # noqa: E402
 from dolos_bench.data.images import encode_png, load_rgb, preprocess  # noqa: E402
-from dolos_bench.recipes import validate_recipe_data  # noqa: E402
+from dolos_bench.builder.recipe import validate_recipe_data  # noqa: E402
 
 
 def recipe(source: Path, generator: str | None) -> dict:

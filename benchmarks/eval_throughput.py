@@ -19,9 +19,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from dolos_bench.build.pipeline import run_build  # noqa: E402
+from dolos_bench.builder.pipeline import run_build  # noqa: E402
 from dolos_bench.eval.runner import EvalInterrupted, run_eval  # noqa: E402
-from dolos_bench.recipes import validate_recipe_data  # noqa: E402
+from dolos_bench.builder.recipe import validate_recipe_data  # noqa: E402
 
 
 def build(root: Path, samples: int) -> Path:

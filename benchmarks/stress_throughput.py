@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from dolos_bench.eval.api import Localizer, LocalizerOutput  # noqa: E402
+from dolos_bench.report.plots import robustness_curves  # noqa: E402
 from dolos_bench.eval.stress import StressInterrupted, run_stress  # noqa: E402
 from dolos_bench.eval.suite import expand, load_suite  # noqa: E402
 
@@ -45,8 +46,8 @@ class ConstantLocalizer(Localizer):
 
 
 def build(root: Path, samples: int) -> Path:
-    from dolos_bench.build.pipeline import run_build
-    from dolos_bench.recipes import validate_recipe_data
+    from dolos_bench.builder.pipeline import run_build
+    from dolos_bench.builder.recipe import validate_recipe_data
 
     sources = max(2, (samples + 2) // 3)  # each source gives a real and two fakes
     recipe = validate_recipe_data({
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         n = len(open_split(data, "test"))
         points = len(expand(load_suite("default")[0])) + 1
         print(f"dataset: {n} samples at 256^2; default suite: {points - 1} grid points + clean")
-        common = dict(split="test", bootstrap=args.bootstrap)
+        common = dict(split="test", bootstrap=args.bootstrap, plots=robustness_curves)
         timed("constant", n, points, lambda: run_stress(f"{__name__}:ConstantLocalizer", str(data),
                                                          out=root / "c.json", **common))
         timed("ela", n, points, lambda: run_stress("ela", str(data), out=root / "e.json", **common))
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
         out = root / "r.json"
         try:
-            run_stress("ela", str(data), out=out, stop_after_points=points - 1, plots=False, **common)
+            run_stress("ela", str(data), out=out, stop_after_points=points - 1, **{**common, "plots": None})
         except StressInterrupted:
             pass
         checkpoint = next((root / f".{out.name}.stress").glob("*.json"))

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__
 from .errors import UserError
-from .recipes import Recipe, load_recipe
+from .builder.recipe import Recipe, load_recipe
 from .registry import REGISTRIES
 
 console = Console(stderr=True)
@@ -149,7 +149,7 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overwrite: bool, quiet: bool) -> None:
     """Build a dataset from RECIPE; resumes an interrupted build of the same recipe."""
-    from .build.pipeline import BuildInterrupted, run_build
+    from .builder.pipeline import BuildInterrupted, run_build
     from .errors import UserError
 
     r = _load(recipe, overrides)
@@ -203,7 +203,7 @@ def _build_command(recipe: str, out: str, overrides: tuple[str, ...], workers: i
 
 def _build_summary(result, out: str) -> list[str]:
     """What a finished build read and made: files and samples counted apart, skips by reason."""
-    from .build.pipeline import summarize_skips
+    from .builder.manifest import summarize_skips
 
     counts, files = result.counts, result.files
     splits = ", ".join(f"{s} {c['real']}+{c['fake']}" for s, c in counts["splits"].items()) or "none"
@@ -279,7 +279,7 @@ def export_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
                    " a folder holding other files is refused.")
 def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     """Turn a Dolos-layout folder into a dolos-bench dataset folder (masks converted to 255 = forged)."""
-    from .build.importer import import_dolos
+    from .builder.importer import import_dolos
     from .errors import UserError
 
     try:
@@ -408,6 +408,7 @@ def stress(model: str, data: str, suite: str, out: str, split: str, protocol: st
     from .eval.api import LocalizerError
     from .eval.runner import data_notes
     from .eval.stress import run_stress
+    from .report.plots import robustness_curves
     from .eval.work import RunInterrupted
 
     try:
@@ -422,7 +423,7 @@ def stress(model: str, data: str, suite: str, out: str, split: str, protocol: st
                                 device=device, batch_size=batch_size, limit=limit, model_args=options,
                                 only=[o.strip() for o in only.split(",") if o.strip()] if only else None,
                                 metric=metric, bootstrap=bootstrap, workers=workers, exact=exact, progress=report,
-                                command=shlex.join(["bench", *sys.argv[1:]]))
+                                plots=robustness_curves, command=shlex.join(["bench", *sys.argv[1:]]))
     except RunInterrupted as exc:  # Ctrl-C: one line, what was kept and how to resume
         console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

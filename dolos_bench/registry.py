@@ -15,7 +15,6 @@ seconds, not a stack trace.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 from .errors import UserError
+from .utils.text import closest_names, did_you_mean  # noqa: F401  (re-exported for plug-ins and old imports)
 
 T = TypeVar("T")
 
@@ -37,19 +37,6 @@ class UnknownNameError(UserError, KeyError):
 
 class PluginLoadError(UserError, ImportError):
     """Raised when a lazy entry or an entry point cannot be imported."""
-
-
-def closest_names(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    """Known names closest to ``name`` (difflib ratio), best first."""
-    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
-
-
-def did_you_mean(name: str, candidates: list[str]) -> str:
-    """A ``" Did you mean 'x' or 'y'?"`` sentence, or an empty string when nothing is close."""
-    close = closest_names(name, candidates)
-    if not close:
-        return ""
-    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
 def _put_cwd_on_path() -> str:
@@ -305,20 +292,20 @@ _BUILTINS: dict[str, list[tuple[str, str, str]]] = {
         ("dolos", "dolos_bench.data.dolos_layout:DolosRealSource", "Real images of a Dolos-layout folder (real/<split>/)"),
     ],
     "maskers": [
-        ("strokes", "dolos_bench.build.masks.strokes:StrokeMasker", "LaMa-style free-form brush strokes"),
-        ("boxes", "dolos_bench.build.masks.boxes:BoxMasker", "LaMa-style random rectangles"),
-        ("landmarks", "dolos_bench.build.masks.landmarks:LandmarkMasker", "Face parts from dlib 68-point landmarks"),
+        ("strokes", "dolos_bench.builder.masks.strokes:StrokeMasker", "LaMa-style free-form brush strokes"),
+        ("boxes", "dolos_bench.builder.masks.boxes:BoxMasker", "LaMa-style random rectangles"),
+        ("landmarks", "dolos_bench.builder.masks.landmarks:LandmarkMasker", "Face parts from dlib 68-point landmarks"),
     ],
     "generators": [
-        ("telea", "dolos_bench.build.generators.opencv:TeleaGenerator", "OpenCV inpainting, Telea's fast marching method"),
-        ("ns", "dolos_bench.build.generators.opencv:NavierStokesGenerator", "OpenCV inpainting, Navier-Stokes based"),
+        ("telea", "dolos_bench.builder.generators.opencv:TeleaGenerator", "OpenCV inpainting, Telea's fast marching method"),
+        ("ns", "dolos_bench.builder.generators.opencv:NavierStokesGenerator", "OpenCV inpainting, Navier-Stokes based"),
     ],
     "perturbations": [
-        ("jpeg", "dolos_bench.build.perturb:JPEG", "JPEG re-compression at a quality"),
-        ("webp", "dolos_bench.build.perturb:WEBP", "WEBP re-compression at a quality"),
-        ("blur", "dolos_bench.build.perturb:GaussianBlur", "Gaussian blur with a sigma in pixels"),
-        ("noise", "dolos_bench.build.perturb:GaussianNoise", "Additive Gaussian noise, sigma in 0..255 units"),
-        ("resize", "dolos_bench.build.perturb:Resize", "Rescale by a factor (moves the mask too)"),
+        ("jpeg", "dolos_bench.perturbations:JPEG", "JPEG re-compression at a quality"),
+        ("webp", "dolos_bench.perturbations:WEBP", "WEBP re-compression at a quality"),
+        ("blur", "dolos_bench.perturbations:GaussianBlur", "Gaussian blur with a sigma in pixels"),
+        ("noise", "dolos_bench.perturbations:GaussianNoise", "Additive Gaussian noise, sigma in 0..255 units"),
+        ("resize", "dolos_bench.perturbations:Resize", "Rescale by a factor (moves the mask too)"),
     ],
     "localizers": [],
 }

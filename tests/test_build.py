@@ -15,10 +15,10 @@ import datasets
 import numpy as np
 import pytest
 
-from dolos_bench.build.pipeline import BuildInterrupted, make_plan, build_sources, run_build
+from dolos_bench.builder.pipeline import BuildInterrupted, make_plan, build_sources, run_build
 from dolos_bench.data.dataset_io import BuildFolderError, STATE_DIR
 from dolos_bench.utils.outdir import ForeignFilesError
-from dolos_bench.recipes import load_recipe
+from dolos_bench.builder.recipe import load_recipe
 
 from helpers import folder_hashes, make_image_folder, tiny_recipe
 

@@ -19,11 +19,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dolos_bench.build.pipeline import BuildInterrupted, build_sources, make_plan, run_build, summarize_skips
+from dolos_bench.builder.manifest import summarize_skips
+from dolos_bench.builder.pipeline import BuildInterrupted, build_sources, make_plan, run_build
 from dolos_bench.cli import main
 from dolos_bench.data.images import pixel_digest
 from dolos_bench.data.sources import FolderSource, SampleSource
-from dolos_bench.recipes import load_recipe
+from dolos_bench.builder.recipe import load_recipe
 
 from helpers import folder_hashes, make_image_folder, textured_image, tiny_recipe
 
@@ -173,7 +174,7 @@ def test_sample_failures_name_their_file(tmp_path):
 
 def test_no_face_in_any_image_ends_with_a_warning(tmp_path):
     pytest.importorskip("dlib")
-    from dolos_bench.build.masks.landmarks import predictor_file
+    from dolos_bench.builder.masks.landmarks import predictor_file
 
     try:
         predictor_file()
@@ -296,7 +297,7 @@ def test_ctrl_c_in_bench_build_says_what_was_kept_in_one_line(tmp_path):
 
 
 def test_interrupted_message_when_stopped_while_planning(tmp_path, monkeypatch):
-    import dolos_bench.build.pipeline as pipeline
+    import dolos_bench.builder.pipeline as pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

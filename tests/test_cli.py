@@ -200,7 +200,7 @@ def test_eval_command_writes_complete_results(tmp_path, built):
     result = CliRunner().invoke(main, ["eval", "noise", "--data", str(out), "--split", "train",
                                        "--bootstrap", "50", "--out", str(res), "--quiet"])
     assert result.exit_code == 0, result.output
-    from dolos_bench.eval.results import load_results
+    from dolos_bench.results import load_results
 
     loaded = load_results(res)
     assert loaded.complete and loaded.counts.samples == len(res.with_suffix(".samples.jsonl").read_text().splitlines())

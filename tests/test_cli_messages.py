@@ -241,5 +241,5 @@ def test_wheel_builds_without_warnings_and_holds_every_file(tmp_path):
     expected = {p.relative_to(src).as_posix() for p in (src / "dolos_bench").rglob("*") if p.is_file()}
     expected |= {"dolos_baselines/" + p.name for p in (src / "baselines").glob("*.py")}
     assert expected <= names, sorted(expected - names)
-    assert {"dolos_bench/build/templates/dataset_card.md.j2", "dolos_bench/eval/suites/default.yaml",
+    assert {"dolos_bench/builder/templates/dataset_card.md.j2", "dolos_bench/eval/suites/default.yaml",
             "dolos_bench/report/templates/leaderboard.html.j2"} <= names

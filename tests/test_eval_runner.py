@@ -139,7 +139,7 @@ def test_weights_are_passed_on_and_hashed(tmp_path: Path, dataset: Path) -> None
     import hashlib
 
     from dolos_bench.eval.localizers import LocalizerLoadError, load_localizer, weights_sha256
-    from dolos_bench.eval.results import load_results
+    from dolos_bench.results import load_results
 
     weights = tmp_path / "w.npy"
     np.save(weights, np.float32(0.5))

@@ -17,14 +17,14 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from dolos_bench.build.importer import import_dolos
-from dolos_bench.build.pipeline import BuildInterrupted, run_build
+from dolos_bench.builder.importer import import_dolos
+from dolos_bench.builder.pipeline import BuildInterrupted, run_build
 from dolos_bench.cli import main
 from dolos_bench.data.dataset_io import CARD_RECORD, STATE_DIR, BuildFolderError, DatasetFolder
 from dolos_bench.data.images import decode_png, encode_png
 from dolos_bench.data.dolos_layout import SAMPLES_FILE, DolosLayoutError, export_dolos
 from dolos_bench.data.reader import read_rows
-from dolos_bench.recipes import load_recipe
+from dolos_bench.builder.recipe import load_recipe
 from dolos_bench.utils.outdir import RECORD, ForeignFilesError
 
 from helpers import build_tiny, folder_hashes, make_image_folder, textured_image, tiny_recipe

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dolos_bench.build.base import Generator, SkipSample
-from dolos_bench.build.generators.opencv import NavierStokesGenerator, TeleaGenerator
+from dolos_bench.builder.base import Generator, SkipSample
+from dolos_bench.builder.generators.opencv import NavierStokesGenerator, TeleaGenerator
 from dolos_bench.registry import GENERATORS
 
 NAMES = ["telea", "ns"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dolos_bench.build.pipeline import run_build
+from dolos_bench.builder.pipeline import run_build
 from dolos_bench.data.images import ImageLoadError, LoadedImage, load_rgb, preprocess
-from dolos_bench.recipes import load_recipe
+from dolos_bench.builder.recipe import load_recipe
 
 from helpers import make_image_folder, textured_image, tiny_recipe
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dolos_bench.eval.results import (
+from dolos_bench.results import (
     IncompleteResultsError,
     Metric,
     Results,

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dolos_bench.build.base import Masker, MaskResult, SkipSample
-from dolos_bench.build.masks.boxes import BoxMasker
-from dolos_bench.build.masks.strokes import StrokeMasker
+from dolos_bench.builder.base import Masker, MaskResult, SkipSample
+from dolos_bench.builder.masks.boxes import BoxMasker
+from dolos_bench.builder.masks.strokes import StrokeMasker
 from dolos_bench.registry import MASKERS
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -255,8 +255,8 @@ def test_boxes_keep_the_margin_and_match_info() -> None:
 
 # -- landmarks ----------------------------------------------------------------------------------
 # The landmarks module imports without dlib (it loads it lazily); only its use needs the extra.
-from dolos_bench.build.masks import landmarks as lm  # noqa: E402
-from dolos_bench.build.masks.landmarks import (  # noqa: E402
+from dolos_bench.builder.masks import landmarks as lm  # noqa: E402
+from dolos_bench.builder.masks.landmarks import (  # noqa: E402
     PARTS,
     LandmarkMasker,
     landmark_licence_note,
@@ -523,9 +523,9 @@ def test_landmarks_module_needs_no_dlib_until_used() -> None:
 
     code = (
         "import sys; sys.modules['dlib'] = None\n"
-        "from dolos_bench.build.masks.landmarks import landmark_licence_note\n"
+        "from dolos_bench.builder.masks.landmarks import landmark_licence_note\n"
         "assert '300-W' in landmark_licence_note()\n"
-        "import dolos_bench.build.masks.landmarks as lm\n"
+        "import dolos_bench.builder.masks.landmarks as lm\n"
         "try:\n"
         "    lm.LandmarkMasker()\n"
         "except ImportError as exc:\n"

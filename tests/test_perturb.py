@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dolos_bench.build.base import Perturbation
-from dolos_bench.build.perturb import (
+from dolos_bench.builder.base import Perturbation
+from dolos_bench.perturbations import (
     INTERPOLATIONS,
     JPEG,
     WEBP,

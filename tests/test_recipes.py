@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dolos_bench.recipes import RecipeError, apply_overrides, load_recipe, validate_recipe_data
+from dolos_bench.builder.recipe import RecipeError, apply_overrides, load_recipe, validate_recipe_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

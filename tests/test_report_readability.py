@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from dolos_bench.cli import main
 from dolos_bench.errors import UserError
-from dolos_bench.eval.results import Metric, Results, StressSummary, load_results, save_results
+from dolos_bench.results import Metric, Results, StressSummary, load_results, save_results
 from dolos_bench.report import plots
 from dolos_bench.report.leaderboard import (
     AUC_NOTE,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dolos_bench.eval import results as R
-from dolos_bench.eval.results import (
+from dolos_bench import results as R
+from dolos_bench.results import (
     SCHEMA_VERSION,
     Counts,
     DatasetInfo,

@@ -27,11 +27,11 @@ from dolos_bench.data.reader import (
 )
 from dolos_bench.eval import runner as runner_module
 from dolos_bench.eval.api import Localizer, LocalizerOutput
-from dolos_bench.eval.results import IncompleteResultsError, ResultsError, load_results
+from dolos_bench.results import IncompleteResultsError, ResultsError, load_results
 from dolos_bench.eval.runner import EvalInterrupted, run_eval
 from dolos_bench.eval.stress import StressInterrupted, run_stress
 from dolos_bench.eval.suite import validate_suite_data
-from dolos_bench.recipes import load_recipe
+from dolos_bench.builder.recipe import load_recipe
 
 from helpers import build_tiny, make_image_folder, results_numbers, tiny_recipe
 
@@ -96,7 +96,7 @@ def _bench(monkeypatch: pytest.MonkeyPatch, args: list[str]):
 
 
 def test_unfinished_build_is_refused_by_eval_and_stress(tmp_path: Path) -> None:
-    from dolos_bench.build.pipeline import BuildInterrupted, run_build
+    from dolos_bench.builder.pipeline import BuildInterrupted, run_build
 
     recipe = load_recipe(str(tiny_recipe(tmp_path / "r.yaml", make_image_folder(tmp_path / "src", n=6))), [])
     out = tmp_path / "half"
@@ -180,10 +180,10 @@ def test_a_limited_run_is_never_complete(tmp_path: Path, dataset: Path) -> None:
     whole = run_eval(MODEL, str(dataset), split="train", limit=n + 10, bootstrap=0, out=tmp_path / "all.json")
     assert whole.results.complete and load_results(tmp_path / "all.json").dataset.split_samples == n
     sweep = run_stress(MODEL, str(dataset), suite=validate_suite_data(SUITE), split="train", limit=3, bootstrap=0,
-                       out=tmp_path / "s.json", plots=False)
+                       out=tmp_path / "s.json", plots=None)
     assert sweep.results.complete is False and sweep.results.dataset.num_samples == 3
     assert run_stress(MODEL, str(dataset), suite=validate_suite_data(SUITE), split="train", bootstrap=0,
-                      out=tmp_path / "s2.json", plots=False).results.complete is True
+                      out=tmp_path / "s2.json", plots=None).results.complete is True
 
 
 # -- item 6: a local path is a local path ------------------------------------------------------
@@ -322,7 +322,7 @@ def test_ctrl_c_in_stress_keeps_points_and_resumes_to_the_same_results(
     suite = tmp_path / "suite.yaml"
     suite.write_text(json.dumps(SUITE))
     reference = run_stress(CTRL_C, str(dataset), suite=suite, split="train", bootstrap=10, out=tmp_path / "ref.json",
-                           plots=False)
+                           plots=None)
     n_batches = -(-len(open_split(dataset, "train")) // 16)
     out = tmp_path / "s.json"
     args = ["stress", CTRL_C, "--data", str(dataset), "--suite", str(suite), "--split", "train", "--bootstrap", "10",
@@ -336,7 +336,7 @@ def test_ctrl_c_in_stress_keeps_points_and_resumes_to_the_same_results(
         f"{shlex.join(['bench', *args])}"]
     assert not out.exists() and [p.name for p in folder.glob("*.json")] == ["0000.json"]
     with pytest.raises(StressInterrupted, match="1 of 3 points of the sweep"):
-        run_stress(CTRL_C, str(dataset), suite=suite, split="train", bootstrap=10, out=out, plots=False,
+        run_stress(CTRL_C, str(dataset), suite=suite, split="train", bootstrap=10, out=out, plots=None,
                    stop_after_points=0)
     interrupt_at(None)
     resumed = _bench(monkeypatch, args)

@@ -17,12 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dolos_bench.build.perturb import parse_chain
+from dolos_bench.perturbations import parse_chain
 from dolos_bench.cli import main
 from dolos_bench.data.reader import read_rows
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
-from dolos_bench.eval.results import load_results
+from dolos_bench.results import load_results
 from dolos_bench.eval.runner import run_eval
+from dolos_bench.report.plots import robustness_curves
 from dolos_bench.eval.stress import (
     StressError, StressInterrupted, area_under_curve, plot_stem, run_stress, summarize,
 )
@@ -93,6 +94,7 @@ def _stress(dataset: Path, out: Path, **kw: Any):
     kw.setdefault("suite", validate_suite_data(SMALL_SUITE))
     kw.setdefault("split", "train")
     kw.setdefault("bootstrap", 20)
+    kw.setdefault("plots", robustness_curves)
     return run_stress(MODEL, str(dataset), out=out, **kw)
 
 
@@ -259,11 +261,11 @@ def test_stress_run_end_to_end(tmp_path: Path, dataset: Path) -> None:
 
 
 def test_same_seed_same_numbers(tmp_path: Path, dataset: Path) -> None:
-    a = _stress(dataset, tmp_path / "a.json", plots=False)
-    b = _stress(dataset, tmp_path / "b.json", plots=False)
+    a = _stress(dataset, tmp_path / "a.json", plots=None)
+    b = _stress(dataset, tmp_path / "b.json", plots=None)
     assert _numbers(a.results_path) == _numbers(b.results_path)
     reseeded = dict(SMALL_SUITE, seed=4)
-    c = _stress(dataset, tmp_path / "c.json", plots=False, suite=validate_suite_data(reseeded))
+    c = _stress(dataset, tmp_path / "c.json", plots=None, suite=validate_suite_data(reseeded))
     grid_a = {(p.perturbation, p.severity): p.metrics for p in a.results.stress.grid}
     grid_c = {(p.perturbation, p.severity): p.metrics for p in c.results.stress.grid}
     assert grid_a[("jpeg", 40)] == grid_c[("jpeg", 40)]  # JPEG draws nothing from the seed
@@ -271,27 +273,27 @@ def test_same_seed_same_numbers(tmp_path: Path, dataset: Path) -> None:
 
 
 def test_worker_processes_give_the_same_numbers(tmp_path: Path, dataset: Path) -> None:
-    one = _stress(dataset, tmp_path / "one.json", plots=False)
-    two = _stress(dataset, tmp_path / "two.json", plots=False, workers=2)
+    one = _stress(dataset, tmp_path / "one.json", plots=None)
+    two = _stress(dataset, tmp_path / "two.json", plots=None, workers=2)
     assert _numbers(one.results_path) == _numbers(two.results_path)
     # Interrupted in the pool, resumed inline: still the same numbers.
     with pytest.raises(StressInterrupted):
-        _stress(dataset, tmp_path / "three.json", plots=False, workers=2, stop_after_points=4)
+        _stress(dataset, tmp_path / "three.json", plots=None, workers=2, stop_after_points=4)
     assert len(list((tmp_path / ".three.json.stress").glob("*.json"))) == 4
-    three = _stress(dataset, tmp_path / "three.json", plots=False)
+    three = _stress(dataset, tmp_path / "three.json", plots=None)
     assert three.resumed_points == 4 and _numbers(three.results_path) == _numbers(one.results_path)
     # A model that fails in a worker: its error, naming the samples, reaches the caller; no results.
     with pytest.raises(LocalizerError, match=r"intolerant.*input smaller than 40 px"):
         run_stress(f"{__name__}:SmallImageIntolerant", str(dataset), out=tmp_path / "four.json", split="train",
-                   suite=validate_suite_data(SMALL_SUITE), workers=2, plots=False, bootstrap=0)
+                   suite=validate_suite_data(SMALL_SUITE), workers=2, plots=None, bootstrap=0)
     assert not (tmp_path / "four.json").exists()
 
 
 def test_interrupted_sweep_resumes_to_the_same_results(tmp_path: Path, dataset: Path) -> None:
-    reference = _stress(dataset, tmp_path / "ref.json", plots=False)
+    reference = _stress(dataset, tmp_path / "ref.json", plots=None)
     out = tmp_path / "resumed.json"
     with pytest.raises(StressInterrupted):
-        _stress(dataset, out, plots=False, stop_after_points=3)
+        _stress(dataset, out, plots=None, stop_after_points=3)
     assert not out.exists()  # nothing that looks like a result
     checkpoints = sorted((tmp_path / ".resumed.json.stress").glob("*.json"))
     assert len(checkpoints) == 3
@@ -299,12 +301,12 @@ def test_interrupted_sweep_resumes_to_the_same_results(tmp_path: Path, dataset: 
     import shutil
 
     shutil.copytree(tmp_path / ".resumed.json.stress", tmp_path / ".other.json.stress", dirs_exist_ok=True)
-    other = run_stress(MODEL, str(dataset), out=tmp_path / "other.json", split="train", bootstrap=20, plots=False,
+    other = run_stress(MODEL, str(dataset), out=tmp_path / "other.json", split="train", bootstrap=20, plots=None,
                        suite=validate_suite_data(SMALL_SUITE), limit=5)
     assert other.resumed_points == 0
     # A corrupt checkpoint is recomputed.
     checkpoints[1].write_text("{not json")
-    resumed = _stress(dataset, out, plots=False)
+    resumed = _stress(dataset, out, plots=None)
     assert resumed.resumed_points == 2
     assert _numbers(out) == _numbers(reference.results_path)
     assert not (tmp_path / ".resumed.json.stress").exists()
@@ -355,7 +357,7 @@ def test_stress_command_and_leaderboard(tmp_path: Path, dataset: Path) -> None:
 
 
 def test_a_failing_perturbation_names_the_sample_and_chain(tmp_path: Path, dataset: Path, monkeypatch) -> None:
-    from dolos_bench.build import perturb
+    from dolos_bench import perturbations as perturb
 
     def broken(self, image, mask, rng):
         raise OSError("encoder missing")
@@ -363,6 +365,6 @@ def test_a_failing_perturbation_names_the_sample_and_chain(tmp_path: Path, datas
     monkeypatch.setattr(perturb.JPEG, "apply", broken)
     out = tmp_path / "f.json"
     with pytest.raises(ValueError, match=r"sample '.+': perturbation jpeg\(quality=90\) failed: encoder missing"):
-        _stress(dataset, out, plots=False)
+        _stress(dataset, out, plots=None)
     assert not out.exists()
     assert [p.name for p in (tmp_path / ".f.json.stress").iterdir()] == ["0000.json"]  # the clean pass is kept

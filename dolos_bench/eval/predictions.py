@@ -59,7 +59,7 @@ import numpy as np
 from dolos_bench.data.dataset_io import MANIFEST
 from dolos_bench.data.reader import DatasetReadError, open_split
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
-from dolos_bench.eval.localizers import (
+from dolos_bench.eval.checks import (
     ARCHIVE_SUFFIXES,
     LocalizerLoadError,
     _as_int,

@@ -35,7 +35,7 @@ from .localizers import load_localizer
 from .predictions import PredictionsLocalizer, dataset_split_ids
 from .metrics import MetricState
 from .protocols import Protocol, dolos_results, get_protocol
-from .results import (
+from ..results import (
     Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, save_results,
 )
 from .work import Checkpoints, Interruption, RunInterrupted, RunSetup, WorkUnit, run_key, run_units, score_split

@@ -25,7 +25,6 @@ Drops are ``None`` when the clean score is 0 or undefined (nothing to drop from)
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import sys
@@ -41,15 +40,20 @@ from dolos_bench.registry import did_you_mean
 
 from .localizers import load_localizer
 from .protocols import Protocol, get_protocol
-from .results import (
-    DatasetInfo, PerturbationSpec, Results, StressInfo, StressPoint, StressSummary,
-    collect_provenance, save_results,
+from ..results import (
+    PerturbationSpec, Results, StressInfo, StressPoint, StressSummary,
+    collect_provenance, higher_is_better, save_results,
 )
 from .runner import (
     breakdowns_of, counts_of, dataset_info, metrics_of, model_info, open_scored_split, protocol_info,
 )
-from .suite import LOWER_IS_BETTER, GridPoint, Suite, expand, load_suite
+from .suite import GridPoint, Suite, expand, load_suite
 from .work import Checkpoints, Interruption, RunInterrupted, RunSetup, WorkUnit, run_key, run_units
+
+
+CurvePlotter = Callable[..., Mapping[str, Path]]
+"""Draws one metric's robustness curves: ``(points by label, stem, metric=, references=, axis_labels=,
+title=) -> {format: path}``, as :func:`dolos_bench.report.plots.robustness_curves` does."""
 
 
 class StressError(UserError, ValueError):
@@ -140,7 +144,7 @@ def run_stress(
     bootstrap: int = 200,
     seed: int = 0,
     exact: bool = False,
-    plots: bool = True,
+    plots: CurvePlotter | None = None,
     workers: int = 1,
     progress: Callable[[int, int, str], None] | None = None,
     stop_after_points: int | None = None,
@@ -154,6 +158,8 @@ def run_stress(
     names the checkpointed points and ``command`` (default: this process's command line) as the
     way to resume. ``workers`` > 1 scores grid points in that many processes, each with its own
     copy of the model (mind GPU memory with ``device="cuda"``); the numbers do not depend on it.
+    ``plots`` draws the robustness curves beside ``out`` (the CLI passes
+    :func:`dolos_bench.report.plots.robustness_curves`); without it none are drawn.
     """
     if isinstance(suite, Suite):
         suite_obj, suite_file = suite, None
@@ -164,7 +170,7 @@ def run_stress(
         known = metrics_known(protocol)
         if metric not in known:
             raise StressError(f"unknown metric {metric!r}.{did_you_mean(metric, known)}")
-        if any(part in metric for part in LOWER_IS_BETTER):
+        if not higher_is_better(metric):
             raise StressError(f"{metric!r} is lower-is-better; the stress summary needs a higher-is-better metric")
     grid = expand(suite_obj, only)
     proto = get_protocol(protocol, exact=exact)
@@ -204,7 +210,7 @@ class _Sweep:
     bootstrap: int
     seed: int
     exact: bool
-    plots: bool
+    plots: "CurvePlotter | None"
     workers: int
     interruption: Interruption
 
@@ -289,12 +295,11 @@ class _Sweep:
         return list(dict.fromkeys([self.headline, *self.suite.curve_metrics()]))
 
     def _plots(self, label: str, points: list[StressPoint], clean_metrics: Mapping[str, Any]) -> dict[str, dict[str, Path]]:
-        from dolos_bench.report.plots import robustness_curves
-
+        assert self.plots is not None
         plot_files: dict[str, dict[str, Path]] = {}
         for m in self._curve_metrics():
             reference = clean_metrics.get(m)
-            plot_files[m] = robustness_curves(
+            plot_files[m] = self.plots(
                 {label: points}, plot_stem(self.out, m), metric=m,
                 references={label: reference.value if reference is not None else None},
                 axis_labels=self._axis_labels(),

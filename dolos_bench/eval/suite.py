@@ -28,37 +28,32 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from dolos_bench.build.perturb import Chain, parse_chain
+from dolos_bench.perturbations import Chain, parse_chain
 from dolos_bench.eval.metrics import metric_names
-from dolos_bench.recipes import RecipeError, validate_collecting
+from dolos_bench.config import ConfigError, Strict, validate_collecting
 from dolos_bench.registry import did_you_mean
+from dolos_bench.results import higher_is_better
 
 BUILTIN_SUITES = ("default",)
 """Suites shipped with the package; ``--suite default`` finds them without a path."""
 
 SEVERITY_PLACEHOLDER = "{severity}"
-LOWER_IS_BETTER = ("fp-area",)
-"""Metric name parts whose direction is inverted; a suite's headline metric may not use them."""
 
 
-class SuiteError(RecipeError):
+class SuiteError(ConfigError):
     """A suite with problems: every ``(path, message)`` pair, like a recipe error."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Level(_Strict):
+class Level(Strict):
     """One hand-written severity level: its x value on the curve and its chain."""
 
     severity: float | str
     chain: str | list[Any]
 
 
-class SuiteEntry(_Strict):
+class SuiteEntry(Strict):
     """One perturbation axis of the grid (one panel of the robustness figure)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][\w.\-]*$")
@@ -90,7 +85,7 @@ class SuiteEntry(_Strict):
         return [(s, self.chain.replace(SEVERITY_PLACEHOLDER, _format_severity(s))) for s in self.severities]
 
 
-class Suite(_Strict):
+class Suite(Strict):
     """A whole stress suite."""
 
     name: str = Field(min_length=1)
@@ -143,7 +138,7 @@ def _metric_problems(suite_data: dict[str, Any], threshold: float = 0.5) -> list
     if isinstance(metric, str):
         if metric not in known:
             problems.append(("metric", f"unknown metric {metric!r}.{did_you_mean(metric, known)}"))
-        elif any(part in metric for part in LOWER_IS_BETTER):
+        elif not higher_is_better(metric):
             problems.append(("metric", f"{metric!r} is lower-is-better; the stress summary (relative drop, "
                                        "area under the curve) needs a higher-is-better headline metric"))
     for i, name in enumerate(suite_data.get("plot_metrics") or []):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import signal
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -37,10 +36,10 @@ from dolos_bench.utils.files import atomic_write_text
 from .localizers import call_localizer, load_localizer
 from .metrics import MetricState
 from .protocols import Protocol, get_protocol
-from .results import ModelInfo, package_versions
+from ..results import ModelInfo, package_versions
 
 if TYPE_CHECKING:
-    from dolos_bench.build.perturb import Chain
+    from dolos_bench.perturbations import Chain
 
 CHECKPOINT_VERSION = 1
 
@@ -177,7 +176,7 @@ def _describe_perturbation(value: str) -> str:
     A chain this version cannot parse (a newer perturbation, a hand-made dataset) keeps its raw
     JSON as the key rather than failing the evaluation.
     """
-    from dolos_bench.build.perturb import parse_chain
+    from dolos_bench.perturbations import parse_chain
 
     try:
         return parse_chain(json.loads(value or "[]")).describe()
@@ -266,7 +265,7 @@ def score_unit(
     progress: Callable[[int, int], None] | None = None,
 ) -> MetricState:
     """Score one unit and checkpoint it (with its records when the unit keeps them)."""
-    from dolos_bench.build.perturb import parse_chain
+    from dolos_bench.perturbations import parse_chain
 
     records: list[dict[str, Any]] = []
     chain = parse_chain([dict(c) for c in unit.chain]) if unit.chain else None

@@ -33,8 +33,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 import dolos_bench
 from dolos_bench.errors import UserError
-from dolos_bench.eval.results import Metric, Results, ResultsError, StressPoint, load_results
-from dolos_bench.eval.suite import LOWER_IS_BETTER
+from dolos_bench.results import Metric, Results, ResultsError, StressPoint, higher_is_better, load_results
 from dolos_bench.report import plots
 from dolos_bench.utils.files import atomic_write_bytes
 from dolos_bench.utils.outdir import RECORD, read_record, refuse_foreign, remove_ours, write_record
@@ -153,8 +152,8 @@ def dataset_labels(results: Sequence[Results]) -> list[str]:
 
 
 def metric_higher_is_better(metric: str) -> bool:
-    """A metric's direction, by the same rule as the stress suites (``eval.suite.LOWER_IS_BETTER``)."""
-    return not any(part in metric for part in LOWER_IS_BETTER)
+    """A metric's direction, by the same rule as the stress suites (:func:`dolos_bench.results.higher_is_better`)."""
+    return higher_is_better(metric)
 
 
 # ------------------------------------------------------------------------------- formatting

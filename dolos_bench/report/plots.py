@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dolos_bench.eval.results import StressPoint
+from dolos_bench.results import StressPoint
 from dolos_bench.utils.files import atomic_path
 
 FORMATS: tuple[str, ...] = ("png", "svg")

@@ -17,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from dolos_bench.eval.results import (  # noqa: E402
+from dolos_bench.results import (  # noqa: E402
     Counts,
     DatasetInfo,
     Metric,

@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from dolos_bench.build.base import Masker, MaskResult, SkipSample
-from dolos_bench.build.masks.common import (
+from dolos_bench.builder.base import Masker, MaskResult, SkipSample
+from dolos_bench.builder.masks.common import (
     DEFAULT_MAX_TRIES,
     area_fraction,
     check_area_bounds,

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from dolos_bench.build.base import Generator, SkipSample
+from dolos_bench.builder.base import Generator, SkipSample
 
 __all__ = ["TeleaGenerator", "NavierStokesGenerator"]
 

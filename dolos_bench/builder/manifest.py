@@ -6,33 +6,27 @@ byte for byte, card and manifest included.
 
 from __future__ import annotations
 
-import platform
 from collections import Counter
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..data.dataset_io import MANIFEST_VERSION, ShardRecord
+from ..utils.versions import package_versions as installed_versions
 from ..data.schema import SPLITS
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
-    from .pipeline import Plan
+    from .recipe import Recipe
+    from .plan import Plan
 
 _PACKAGES = ("dolos-bench", "numpy", "pillow", "opencv-python-headless", "datasets", "pyarrow",
              "dlib-bin", "scikit-image", "torch", "diffusers")
 
 
-def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
+def package_versions() -> dict[str, str]:
+    """Python and the packages whose versions can change a build's bytes."""
+    return installed_versions(_PACKAGES, with_python=True)
 
 
 def _counts(plan: "Plan", skipped: list[dict[str, Any]], recipe: "Recipe") -> dict[str, Any]:
@@ -62,7 +56,6 @@ def _counts(plan: "Plan", skipped: list[dict[str, Any]], recipe: "Recipe") -> di
 
 def build_warnings(counts: dict[str, Any], plan: "Plan", skipped: list[dict[str, Any]]) -> list[str]:
     """What a finished build should not pass over in silence: no fakes, or no samples at all."""
-    from .pipeline import summarize_skips
 
     if plan.files.read == 0:
         ignored = counts["files"]["ignored"]
@@ -83,7 +76,6 @@ def build_manifest(
     shards: list[ShardRecord],
     skipped: list[dict[str, str]],
 ) -> dict[str, Any]:
-    from .pipeline import summarize_skips
 
     """The manifest of a finished build.
 
@@ -171,7 +163,7 @@ def build_card(recipe: "Recipe", manifest: dict[str, Any]) -> str:
         from .masks.landmarks import landmark_licence_note
 
         landmark_note = landmark_licence_note()
-    env = Environment(loader=PackageLoader("dolos_bench.build", "templates"), undefined=StrictUndefined,
+    env = Environment(loader=PackageLoader("dolos_bench.builder", "templates"), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     body = env.get_template("dataset_card.md.j2").render(
         recipe=recipe, manifest=manifest, splits=splits, licences=_licences(recipe),
@@ -198,7 +190,6 @@ def import_manifest(
     written, ``planned`` the number of images found. One image is one sample, so every skipped
     sample is also a skipped file; conversions are the shards' notes (source, source_id, path, notes).
     """
-    from .pipeline import summarize_skips
 
     by_split: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     for split, kind, _ in samples:
@@ -241,3 +232,16 @@ def import_manifest(
         "conversions": sorted(converted, key=lambda e: (e['source'], e['path'])),
         "ignored_files": sorted(ignored, key=lambda e: (e['source'], e['path'])),
     }
+
+
+def summarize_skips(skipped: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(reason kind, count), most frequent first (see :func:`skip_kind`)."""
+    counter: Counter[str] = Counter(skip_kind(item["reason"]) for item in skipped)
+    return counter.most_common()
+
+
+def skip_kind(reason: str) -> str:
+    """The kind of a skip reason, for summaries: cut at the first ';' or ' (', duplicates named as such."""
+    if reason.startswith("duplicate of "):
+        return "duplicate image"
+    return reason.split(";")[0].split(" (")[0].strip()

@@ -1,4 +1,4 @@
-"""The three stage interfaces of a build: maskers, generators and perturbations.
+"""The stage interfaces of a build: maskers and generators (perturbations: :mod:`dolos_bench.perturbations`).
 
 Images travel between stages as ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order; masks as
 ``uint8`` arrays of shape ``(H, W)`` with 255 = forged (to be inpainted) and 0 = pristine, the
@@ -14,6 +14,10 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+
+from ..perturbations.base import Perturbation
+
+__all__ = ["Generator", "MaskResult", "Masker", "Perturbation", "SkipSample"]
 
 
 class SkipSample(Exception):
@@ -67,27 +71,3 @@ class Generator(ABC):
         self, images: list[np.ndarray], masks: list[np.ndarray], rngs: list[np.random.Generator]
     ) -> list[np.ndarray]:
         return [self.inpaint(i, m, r) for i, m, r in zip(images, masks, rngs)]
-
-
-class Perturbation(ABC):
-    """A post-processing operation applied to the final image (and its mask when geometric).
-
-    Perturbations are shared between ``bench build`` and ``bench stress``; they must be pure
-    functions of (image, mask, rng) so that a stress grid is reproducible.
-    """
-
-    name: ClassVar[str] = "perturbation"
-    geometric: ClassVar[bool] = False
-
-    def params(self) -> dict[str, Any]:
-        return {}
-
-    def spec(self) -> dict[str, Any]:
-        """``{"name": ..., **params}``: the JSON form stored with each sample."""
-        return {"name": self.name, **self.params()}
-
-    @abstractmethod
-    def apply(
-        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The perturbed image and the mask moved with it (unchanged unless geometric)."""

@@ -24,12 +24,13 @@ import math
 import os
 import subprocess
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from ..errors import UserError
-from ..utils.files import atomic_write_text
+from .config import Strict
+from .errors import UserError
+from .utils.files import atomic_write_text
+from .utils.versions import package_versions as installed_versions
 from pydantic import (
     BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer,
     model_validator,
@@ -59,6 +60,15 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
 """Packages whose versions change scores enough to be worth recording in provenance."""
 
 
+LOWER_IS_BETTER = ("fp-area",)
+"""Metric name parts whose direction is inverted (smaller is better)."""
+
+
+def higher_is_better(metric: str) -> bool:
+    """A metric's direction, from its name."""
+    return not any(part in metric for part in LOWER_IS_BETTER)
+
+
 class ResultsError(UserError, ValueError):
     """A results file cannot be used; the message names the file and what to do."""
 
@@ -71,13 +81,7 @@ class IncompleteResultsError(ResultsError):
     """The file is marked ``complete: false``: its writer was interrupted or is still running."""
 
 
-class _Strict(BaseModel):
-    """Base of every schema model: unknown keys are errors, not silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class Metric(_Strict):
+class Metric(Strict):
     """One metric value with its 95% confidence interval and the number of units it averages.
 
     ``value`` is ``None`` when the metric is undefined (e.g. an AUC over one class); non-finite
@@ -111,7 +115,7 @@ Metrics = dict[str, Metric]
 """Metric name (e.g. ``pixel/iou@0.5/mean-of-images/fakes``) to value."""
 
 
-class ModelInfo(_Strict):
+class ModelInfo(Strict):
     """Which localizer was scored; ``weights_sha256`` ties the score to exact weights."""
 
     id: str = Field(min_length=1)
@@ -121,7 +125,7 @@ class ModelInfo(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class DatasetInfo(_Strict):
+class DatasetInfo(Strict):
     """Which data it was scored on; ``fingerprint`` (sha256 hex) identifies the exact bytes.
 
     ``verified``: true for a dolos-bench build whose shards matched its manifest, false for any
@@ -156,7 +160,7 @@ class DatasetInfo(_Strict):
 _OPTIONAL_DATASET_FIELDS = ("verified", "split_samples")
 
 
-class ProtocolInfo(_Strict):
+class ProtocolInfo(Strict):
     """The scoring choices; two results are only comparable if their protocols match."""
 
     name: str = Field(min_length=1)
@@ -176,7 +180,7 @@ class Counts(BaseModel):
     fake: int = Field(ge=0)
 
 
-class Provenance(_Strict):
+class Provenance(Strict):
     """Everything needed to tell how a number was produced and to reproduce it."""
 
     package_versions: dict[str, str] = Field(default_factory=dict)
@@ -210,7 +214,7 @@ class PerturbationSpec(BaseModel):
     name: str = Field(min_length=1)
 
 
-class StressPoint(_Strict):
+class StressPoint(Strict):
     """The metrics at one (perturbation, severity) cell of a stress grid."""
 
     perturbation: str = Field(min_length=1)
@@ -229,7 +233,7 @@ class StressSummary(BaseModel):
     area_under_curve: float | None = None
 
 
-class StressInfo(_Strict):
+class StressInfo(Strict):
     """A robustness sweep: ``metric`` is the y axis of the curves drawn from ``grid``."""
 
     suite: str = Field(min_length=1)
@@ -238,7 +242,7 @@ class StressInfo(_Strict):
     summary: dict[str, StressSummary] = Field(default_factory=dict)
 
 
-class Results(_Strict):
+class Results(Strict):
     """A whole results file."""
 
     schema_version: Literal["1.0"] = SCHEMA_VERSION
@@ -337,14 +341,8 @@ def utc_now() -> str:
 
 
 def package_versions(names: Sequence[str] = DEFAULT_PACKAGES) -> dict[str, str]:
-    """Installed versions of ``names``; packages that are not installed are left out."""
-    versions: dict[str, str] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    """Installed versions of ``names`` (default: what can change a score); missing ones left out."""
+    return installed_versions(names)
 
 
 def git_revision(cwd: str | os.PathLike[str] | None = None) -> str | None:

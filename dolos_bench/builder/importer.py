@@ -185,7 +185,7 @@ def import_card(manifest: dict[str, Any]) -> str:
         # No `configs:` block: the shard names say the splits, and a `configs` block makes
         # `datasets.load_dataset(folder)` serve a stale cache for a rebuilt same-named folder.
     }
-    env = Environment(loader=PackageLoader("dolos_bench.build", "templates"), undefined=StrictUndefined,
+    env = Environment(loader=PackageLoader("dolos_bench.builder", "templates"), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     splits = [s for s in SPLITS if s in manifest["counts"]["splits"]]
     body = env.get_template("import_card.md.j2").render(manifest=manifest, splits=splits)

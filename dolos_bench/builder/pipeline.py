@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import signal
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,50 +27,11 @@ from ..data.dataset_io import DatasetFolder, ShardRecord, shard_name
 from ..data.images import ImageLoadError, encode_png, load_rgb, pixel_digest, preprocess, size_notes
 from ..data.schema import FAKE, REAL, SPLITS
 from ..data.sources import Source, SourceItem
-from ..recipes import Recipe
+from .recipe import Recipe
 from ..registry import GENERATORS, MASKERS, SOURCES
 from ..seeding import derive_seed, rng_for
 from .base import Generator, Masker, SkipSample
-
-
-@dataclass(frozen=True)
-class PlannedSample:
-    """Everything a worker needs to make one row, decided before any image is touched."""
-
-    sample_id: str
-    split: str
-    source_index: int
-    source_name: str
-    source_id: str
-    ref: Any
-    path: str  # the source item's label (relative path or id), for skip entries
-    generator_index: int | None  # None: the real image itself
-    mask_key: str  # keys the masker's randomness (shared across generators if share_mask)
-    chain: int | None  # index into recipe.perturbations.chains, or None
-    seed: int
-
-
-@dataclass
-class FileAccount:
-    """Every source file once: how many were read, and which were skipped, converted or ignored.
-
-    Entries name the file by its path relative to the source root (its id for sources without
-    files), so that a user can find and fix it.
-    """
-
-    read: int = 0
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # source, source_id, path, reason, samples
-    converted: list[dict[str, Any]] = field(default_factory=list)  # source, source_id, path, notes
-    ignored: list[dict[str, Any]] = field(default_factory=list)  # source, path, reason
-
-
-@dataclass
-class Plan:
-    samples: list[PlannedSample]
-    # Planned samples not made because their file was skipped while planning (one per sample).
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    shards: list[tuple[str, str, list[PlannedSample]]] = field(default_factory=list)
-    files: FileAccount = field(default_factory=FileAccount)
+from .plan import FileAccount, Plan, PlannedSample
 
 
 @dataclass(frozen=True)
@@ -244,7 +204,7 @@ class SampleMaker:
     """Builds the stages of a recipe once per process and turns planned samples into rows."""
 
     def __init__(self, recipe: Recipe) -> None:
-        from .perturb import parse_chain
+        from ..perturbations import parse_chain
 
         self.recipe = recipe
         self.sources = build_sources(recipe)
@@ -354,7 +314,7 @@ def _open_pool(recipe: Recipe, workers: int) -> ProcessPoolExecutor | None:
     # forkserver: workers fork from a clean server that imported the pipeline once, not from
     # this process and its threads (progress bar), and without spawn's per-worker imports.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dolos_bench.build.pipeline"])
+    context.set_forkserver_preload(["dolos_bench.builder.pipeline"])
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                initargs=(recipe.model_dump_json(),))
 
@@ -517,16 +477,3 @@ def _build(
 
 def _label(sample: PlannedSample) -> str:
     return "real" if sample.generator_index is None else "fake"
-
-
-def skip_kind(reason: str) -> str:
-    """The kind of a skip reason, for summaries: cut at the first ';' or ' (', duplicates named as such."""
-    if reason.startswith("duplicate of "):
-        return "duplicate image"
-    return reason.split(";")[0].split(" (")[0].strip()
-
-
-def summarize_skips(skipped: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
-    """(reason kind, count), most frequent first (see :func:`skip_kind`)."""
-    counter: Counter[str] = Counter(skip_kind(item["reason"]) for item in skipped)
-    return counter.most_common()

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from dolos_bench.build.base import Perturbation
+from .base import Perturbation
 from dolos_bench.registry import PERTURBATIONS, UnknownNameError, did_you_mean
 
 __all__ = [

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from dolos_bench.build.base import Masker, MaskResult, SkipSample
-from dolos_bench.build.masks.common import (
+from dolos_bench.builder.base import Masker, MaskResult, SkipSample
+from dolos_bench.builder.masks.common import (
     area_fraction,
     check_area_bounds,
     check_number,
