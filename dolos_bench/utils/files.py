@@ -31,24 +31,6 @@ def default_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on a clean exit fsync it and rename it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(
     path: str | os.PathLike[str], *, suffix: str = ".tmp", tmp_dir: str | os.PathLike[str] | None = None
 ) -> Iterator[Path]:
@@ -56,23 +38,31 @@ def atomic_path(
 
     The caller writes the file at the yielded path; on a clean exit it is fsynced, given the umask's
     permissions and renamed over ``path``. ``tmp_dir`` (same filesystem) keeps the temporary file out
-    of the target's folder, e.g. a build's state folder.
+    of the target's folder, e.g. a build's state folder. On an error it is removed.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tmp_dir) if tmp_dir is not None else target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=suffix)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=suffix)
     os.close(fd)
+    tmp = Path(name)
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding if "b" not in mode else None) as fh:
+        yield fh
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
