@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from dolos_bench.builder.pipeline import run_build  # noqa: E402
+from dolos_bench.eval.config import ScoringConfig  # noqa: E402
 from dolos_bench.eval.runner import EvalInterrupted, run_eval  # noqa: E402
 from dolos_bench.builder.recipe import validate_recipe_data  # noqa: E402
 
@@ -53,22 +54,25 @@ def main(argv: list[str] | None = None) -> None:
             (f"1 process, chunks of {chunk}", dict(workers=1, chunk_size=chunk)),
             (f"2 processes, chunks of {chunk}", dict(workers=2, chunk_size=chunk)),
         ]
+        def config(**kw: int) -> ScoringConfig:
+            return ScoringConfig(model="ela", data=data, split="test", bootstrap=1000, **kw)
+
         n = 0
         for i, (label, kw) in enumerate(runs):
             t0 = time.perf_counter()
-            result = run_eval("ela", data, split="test", bootstrap=1000, out=root / f"r{i}.json", **kw)
+            result = run_eval(config(**kw), out=root / f"r{i}.json")
             seconds = time.perf_counter() - t0
             n = result.results.counts.samples
             print(f"{label:<28} {seconds:6.2f} s  {n / seconds:7.1f} samples/s")
         chunks = -(-n // chunk)
         out = root / "resume.json"
         try:
-            run_eval("ela", data, split="test", bootstrap=1000, out=out, chunk_size=chunk, stop_after_chunks=chunks - 1)
+            run_eval(config(chunk_size=chunk), out=out, stop_after_chunks=chunks - 1)
         except EvalInterrupted:
             pass
         size = sum(p.stat().st_size for p in (root / ".resume.json.eval").iterdir()) / (chunks - 1)
         t0 = time.perf_counter()
-        run_eval("ela", data, split="test", bootstrap=1000, out=out, chunk_size=chunk)
+        run_eval(config(chunk_size=chunk), out=out)
         seconds = time.perf_counter() - t0
         print(f"{'resume (1 of ' + str(chunks) + ' chunks left)':<28} {seconds:6.2f} s"
               f"   checkpoint: {size / 1024:.0f} KiB per chunk of {chunk}")

@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from dolos_bench.eval.api import Localizer, LocalizerOutput  # noqa: E402
+from dolos_bench.eval.config import ScoringConfig  # noqa: E402
 from dolos_bench.report.plots import robustness_curves  # noqa: E402
 from dolos_bench.eval.stress import StressInterrupted, run_stress  # noqa: E402
 from dolos_bench.eval.suite import expand, load_suite  # noqa: E402
@@ -93,21 +94,24 @@ def main(argv: list[str] | None = None) -> None:
         n = len(open_split(data, "test"))
         points = len(expand(load_suite("default")[0])) + 1
         print(f"dataset: {n} samples at 256^2; default suite: {points - 1} grid points + clean")
-        common = dict(split="test", bootstrap=args.bootstrap, plots=robustness_curves)
-        timed("constant", n, points, lambda: run_stress(f"{__name__}:ConstantLocalizer", str(data),
-                                                         out=root / "c.json", **common))
-        timed("ela", n, points, lambda: run_stress("ela", str(data), out=root / "e.json", **common))
-        timed("ela x2", n, points, lambda: run_stress("ela", str(data), out=root / "e2.json", workers=2, **common))
+        def config(model: str = "ela", **kw: int) -> ScoringConfig:
+            return ScoringConfig(model=model, data=str(data), split="test", bootstrap=args.bootstrap, **kw)
+
+        plots = robustness_curves
+        timed("constant", n, points, lambda: run_stress(config(f"{__name__}:ConstantLocalizer"), out=root / "c.json",
+                                                         plots=plots))
+        timed("ela", n, points, lambda: run_stress(config(), out=root / "e.json", plots=plots))
+        timed("ela x2", n, points, lambda: run_stress(config(workers=2), out=root / "e2.json", plots=plots))
 
         out = root / "r.json"
         try:
-            run_stress("ela", str(data), out=out, stop_after_points=points - 1, **{**common, "plots": None})
+            run_stress(config(), out=out, stop_after_points=points - 1)
         except StressInterrupted:
             pass
         checkpoint = next((root / f".{out.name}.stress").glob("*.json"))
         sizes = [p.stat().st_size for p in (root / f".{out.name}.stress").glob("*.json")]
         print(f"checkpoints: {len(sizes)} files, {np.mean(sizes) / 1024:.0f} KiB each (e.g. {checkpoint.name})")
-        timed("resume", n, points, lambda: run_stress("ela", str(data), out=out, **common))
+        timed("resume", n, points, lambda: run_stress(config(), out=out, plots=plots))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 from rich.console import Console
@@ -15,6 +16,11 @@ from . import __version__
 from .errors import UserError
 from .builder.recipe import Recipe, load_recipe
 from .registry import REGISTRIES
+from .stage import install_hint
+
+if TYPE_CHECKING:
+    from .eval.config import ScoringConfig
+    from .results import Results
 
 console = Console(stderr=True)
 
@@ -71,34 +77,35 @@ def main() -> None:
 def ls_command(kind: str | None) -> None:
     """List what is registered (sources, maskers, generators, perturbations, localizers).
 
-    With KIND, each entry also shows the parameters it takes, as a recipe (or --model-arg)
-    writes them: ``radius: int = 3``.
+    An entry whose optional packages are not installed says which extra brings them:
+    ``[unavailable: needs dlib: pip install 'dolos-bench[faces]']``. With KIND, each entry also
+    shows the parameters it takes, as a recipe (or --model-arg) writes them: ``radius: int = 3``.
     """
-    if kind is None:
-        for k in sorted(REGISTRIES):
-            for name, summary, origin in REGISTRIES[k].describe():
-                click.echo(_ls_line(k, name, summary, origin))
-        return
-    registry = REGISTRIES[kind]
-    for name in registry.names():
-        details = registry.details(name)  # imports the entry: its parameters come from its signature
-        click.echo(_ls_line(kind, name, details.summary, details.origin))
-        indent = " " * _LS_INDENT
-        if details.error is not None:
-            click.echo(f"{indent}cannot be loaded: {details.error}")
-        elif not details.parameters:
-            click.echo(f"{indent}(no parameters)")
-        for parameter in details.parameters:
-            click.echo(f"{indent}{parameter}")
+    indent = " " * _LS_INDENT
+    for k in [kind] if kind is not None else sorted(REGISTRIES):
+        registry = REGISTRIES[k]
+        for name in registry.names():
+            details = registry.details(name)  # imports the entry: `requires` and parameters live on it
+            needs = None if details.error is not None else install_hint(registry.get(name))
+            click.echo(_ls_line(k, name, details.summary, details.origin, needs))
+            if kind is None:
+                continue
+            if details.error is not None:
+                click.echo(f"{indent}cannot be loaded: {details.error}")
+            elif not details.parameters:
+                click.echo(f"{indent}(no parameters)")
+            for parameter in details.parameters:
+                click.echo(f"{indent}{parameter}")
 
 
 _LS_INDENT = 31
 """Column of the summary in ``bench ls``; parameter lines start there too."""
 
 
-def _ls_line(kind: str, name: str, summary: str, origin: str) -> str:
+def _ls_line(kind: str, name: str, summary: str, origin: str, needs: str | None = None) -> str:
     suffix = "" if origin == "builtin" else f"  [{origin}]"
-    # A plug-in's summary is its docstring, read only once it is imported (`bench ls KIND` does).
+    if needs is not None:
+        suffix += f"  [unavailable: {needs}]"
     return f"{kind[:-1]:<13} {name:<16} {summary or f'(see bench ls {kind})'}{suffix}"
 
 
@@ -303,8 +310,30 @@ def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
     return options
 
 
+_CONFIG_OPTIONS = ("data", "split", "protocol", "device", "batch_size", "limit", "exact", "bootstrap", "workers",
+                   "chunk_size")
+"""The command-line options that become fields of a ScoringConfig of the same names."""
+
+
 def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options `bench eval` and `bench stress` share: which data, how to run the model, how to score."""
+    """The options `bench eval` and `bench stress` share: which data, how to run the model, how to score.
+
+    They, MODEL and the command's own scoring options (``--bootstrap``, ``--workers``,
+    ``--chunk-size``) reach the command as one :class:`~dolos_bench.eval.config.ScoringConfig`,
+    its first argument, built here once; the command gets its other options as they are.
+    """
+
+    @functools.wraps(command)
+    def with_config(model: str, model_args: tuple[str, ...], weights: str | None, **kwargs: Any) -> None:
+        from .eval.config import ScoringConfig
+
+        fields = {key: kwargs.pop(key) for key in _CONFIG_OPTIONS if key in kwargs}
+        try:
+            config = ScoringConfig(model=model, options=_model_options(model_args, weights), **fields)
+        except ValueError as exc:  # a malformed --model-arg
+            fail(str(exc))
+        return command(config, **kwargs)
+
     options = [
         click.option("--data", required=True,
                      help="Dataset folder (a path that does not exist fails at once), or a Hub dataset: hf://owner/name,"
@@ -313,7 +342,8 @@ def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--protocol", type=click.Choice(["default", "dolos"]), default="default", show_default=True,
                      help="default: this toolkit's metrics; dolos: also the Dolos paper's IoU and detection AP."),
         click.option("--device", default="cpu", show_default=True,
-                     help="Where the model runs: cpu, cuda or cuda:N."),
+                     help="Where the model runs: cpu, cuda or cuda:N. With --workers, plain cuda spreads the"
+                          " workers over the GPUs (worker i on cuda:i, round-robin)."),
         click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
                      help="Images per call of the model."),
         click.option("--limit", type=click.IntRange(1), default=None, help="Score only the first N samples."),
@@ -328,8 +358,34 @@ def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
                           " small sets)."),
     ]
     for option in reversed(options):
-        command = option(command)
-    return command
+        with_config = option(with_config)
+    return with_config
+
+
+def eval_summary(results: Results) -> list[str]:
+    """The lines `bench eval` prints: the metric table's summary metrics, in the results' order."""
+    from .metric_specs import metric_names
+
+    shown = set(metric_names(results.protocol.threshold, summary=True))
+    lines = []
+    for name, metric in results.metrics.items():
+        if name in shown:
+            value = "—" if metric.value is None else f"{metric.value:.4f}"
+            ci = "" if not metric.ci95 else f"  [{metric.ci95[0]:.4f}, {metric.ci95[1]:.4f}]"
+            lines.append(f"{name:<42} {value}{ci}")
+    return lines
+
+
+def protocol_summary(results: Results) -> list[str]:
+    """The line of the Dolos paper's two numbers, for a run under ``--protocol dolos``."""
+    from .metric_specs import metric_name
+
+    if "dolos" not in results.info:
+        return []
+    d = results.info["dolos"]
+    iou = d[metric_name("dolos/localization/iou@{t}x100", results.protocol.threshold)]
+    ap = d[metric_name("dolos/detection/ap")]
+    return [f"dolos IoU x100: {iou:.2f}; detection AP x100: {ap['mean']:.2f} ± {ap['2std']:.2f}"]
 
 
 @main.command("eval", short_help="Score a localizer or predictions on a dataset.", epilog=EVAL_EPILOG)
@@ -344,9 +400,7 @@ def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(1),
               help="Samples per chunk: the unit of resuming and of parallel work.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_command(model: str, data: str, split: str, protocol: str, device: str, batch_size: int,
-                 limit: int | None, model_args: tuple[str, ...], weights: str | None, exact: bool, bootstrap: int,
-                 out: str | None, workers: int, chunk_size: int, quiet: bool) -> None:
+def eval_command(config: ScoringConfig, out: str | None, quiet: bool) -> None:
     """Score MODEL (registered name, module:Class, predictions folder/archive, .pt or .onnx file)."""
     import shlex
 
@@ -355,12 +409,9 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
     from .eval.work import RunInterrupted
 
     try:
-        options = _model_options(model_args, weights)
-        with progress_bar(f"eval {model}", quiet=quiet) as bar:
-            task = bar.add_task(f"eval {model}", total=None, rate="")
-            result = run_eval(model, data, split=split, protocol=protocol, device=device, batch_size=batch_size,
-                              limit=limit, out=Path(out) if out else None, model_args=options, bootstrap=bootstrap,
-                              workers=workers, chunk_size=chunk_size, exact=exact,
+        with progress_bar(f"eval {config.model}", quiet=quiet) as bar:
+            task = bar.add_task(f"eval {config.model}", total=None, rate="")
+            result = run_eval(config, out=Path(out) if out else None,
                               progress=lambda d, t: bar.update(task, completed=d, total=t),
                               command=shlex.join(["bench", *sys.argv[1:]]))
     except RunInterrupted as exc:  # Ctrl-C: one line, what was kept and how to resume
@@ -370,17 +421,12 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
         fail(str(exc))
     for note in data_notes(result.results):
         click.echo(note, err=True)
-    for name, metric in result.results.metrics.items():
-        if name.startswith(("pixel/iou", "pixel/f1@0.5/mean", "pixel/auc/pooled/all", "image/auc", "image/ap")):
-            value = "—" if metric.value is None else f"{metric.value:.4f}"
-            ci = "" if not metric.ci95 else f"  [{metric.ci95[0]:.4f}, {metric.ci95[1]:.4f}]"
-            click.echo(f"{name:<42} {value}{ci}")
+    for line in eval_summary(result.results):
+        click.echo(line)
     if result.results.info.get("resumed_chunks"):
         click.echo(f"resumed {result.results.info['resumed_chunks']} chunk(s) from an interrupted run")
-    if "dolos" in result.results.info:
-        d = result.results.info["dolos"]
-        click.echo(f"dolos IoU x100: {d['dolos/localization/iou@0.5x100']:.2f}; detection AP x100:"
-                   f" {d['dolos/detection/ap']['mean']:.2f} ± {d['dolos/detection/ap']['2std']:.2f}")
+    for line in protocol_summary(result.results):
+        click.echo(line)
     if out:
         click.echo(f"results -> {out}")
 
@@ -399,9 +445,7 @@ def eval_command(model: str, data: str, split: str, protocol: str, device: str, 
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Processes scoring grid points in parallel, each with its own copy of the model.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def stress(model: str, data: str, suite: str, out: str, split: str, protocol: str, device: str, batch_size: int,
-           limit: int | None, model_args: tuple[str, ...], weights: str | None, exact: bool, only: str | None,
-           metric: str | None, bootstrap: int, workers: int, quiet: bool) -> None:
+def stress(config: ScoringConfig, suite: str, out: str, only: str | None, metric: str | None, quiet: bool) -> None:
     """Score MODEL under a grid of perturbations x severities; resumes an interrupted sweep."""
     import shlex
 
@@ -412,18 +456,16 @@ def stress(model: str, data: str, suite: str, out: str, split: str, protocol: st
     from .eval.work import RunInterrupted
 
     try:
-        options = _model_options(model_args, weights)
-        with progress_bar(f"stress {model}", quiet=quiet) as bar:
-            task = bar.add_task(f"stress {model}", total=None, rate="")
+        with progress_bar(f"stress {config.model}", quiet=quiet) as bar:
+            task = bar.add_task(f"stress {config.model}", total=None, rate="")
 
             def report(done: int, total: int, point: str) -> None:
                 bar.update(task, completed=done, total=total, rate=point)
 
-            result = run_stress(model, data, suite=suite, out=Path(out), split=split, protocol=protocol,
-                                device=device, batch_size=batch_size, limit=limit, model_args=options,
+            result = run_stress(config, suite=suite, out=Path(out),
                                 only=[o.strip() for o in only.split(",") if o.strip()] if only else None,
-                                metric=metric, bootstrap=bootstrap, workers=workers, exact=exact, progress=report,
-                                plots=robustness_curves, command=shlex.join(["bench", *sys.argv[1:]]))
+                                metric=metric, progress=report, plots=robustness_curves,
+                                command=shlex.join(["bench", *sys.argv[1:]]))
     except RunInterrupted as exc:  # Ctrl-C: one line, what was kept and how to resume
         console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -115,13 +115,16 @@ def _pydantic_parameters(model: type) -> list[Parameter]:
 
 
 def parameters_of(factory: object) -> list[Parameter]:
-    """The parameters a registered factory takes: a pydantic model's fields, else its signature.
+    """The parameters a registered factory takes: a pydantic model's fields, a stage's ``Config``, else its signature.
 
     For a class the signature is its ``__init__`` without ``self``; ``*args`` is left out (stages
     are configured by keyword) and ``**kwargs`` shown as ``**kwargs``.
     """
     if inspect.isclass(factory) and isinstance(getattr(factory, "model_fields", None), dict):
         return _pydantic_parameters(factory)
+    config = getattr(factory, "Config", None)  # a stage's declared parameters (dolos_bench.stage.Stage)
+    if inspect.isclass(config) and isinstance(getattr(config, "model_fields", None), dict):
+        return _pydantic_parameters(config)
     try:
         signature = inspect.signature(factory)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -13,8 +13,17 @@ manifest. Both fields are optional: schema 1.0 files written before them load wi
 ("not recorded"), and a ``None`` is left out when writing, so those files round-trip unchanged.
 Every write is atomic (temporary file + :func:`os.replace`), so a reader never sees a torn file.
 
-Bump :data:`SCHEMA_VERSION` on any change a reader must know about; the golden test
-(``tests/golden/results_v1.json``) is there to make such changes deliberate.
+Schema 1.1 records each metric's direction: ``metric_directions`` maps every metric name that
+appears in the file (top-level, breakdowns, stress grid) to ``"higher"`` or ``"lower"`` (which
+values are better), so a reader ranks by what the writer meant rather than by guessing from the
+name. A writer that builds :class:`Results` without it gets the directions of the metric table
+(:mod:`dolos_bench.metric_specs`); names the table does not know are left out unless the writer
+gives them. Schema 1.0 files, which carry no directions, still load: their directions come from
+the metric table (:meth:`Results.higher_is_better`), and they are written back as 1.0, unchanged.
+
+Bump :data:`SCHEMA_VERSION` on any change a reader must know about; the golden tests
+(``tests/golden/results_v1.json`` for 1.0, ``results_v1_1.json`` for 1.1) are there to make such
+changes deliberate.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from . import metric_specs
 from .config import Strict
 from .errors import UserError
 from .utils.files import atomic_write_text
@@ -36,10 +46,14 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = "1.0"
-"""Version written into every results file; readers refuse any other."""
+SCHEMA_VERSION = "1.1"
+"""Version written into every new results file."""
 
-SUPPORTED_VERSIONS = (SCHEMA_VERSION,)
+SUPPORTED_VERSIONS = ("1.0", SCHEMA_VERSION)
+"""Versions this reader understands; it refuses any other."""
+
+SchemaVersion = Literal["1.0", "1.1"]
+Direction = Literal["higher", "lower"]
 
 ModelKind = Literal["registry", "class", "torchscript", "onnx", "predictions"]
 BreakdownKey = Literal["generator", "parts", "perturbation", "source"]
@@ -58,15 +72,6 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "onnxruntime",
 )
 """Packages whose versions change scores enough to be worth recording in provenance."""
-
-
-LOWER_IS_BETTER = ("fp-area",)
-"""Metric name parts whose direction is inverted (smaller is better)."""
-
-
-def higher_is_better(metric: str) -> bool:
-    """A metric's direction, from its name."""
-    return not any(part in metric for part in LOWER_IS_BETTER)
 
 
 class ResultsError(UserError, ValueError):
@@ -245,13 +250,15 @@ class StressInfo(Strict):
 class Results(Strict):
     """A whole results file."""
 
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     kind: Literal["eval", "stress"]
     model: ModelInfo
     dataset: DatasetInfo
     protocol: ProtocolInfo
     metrics: Metrics = Field(default_factory=dict)
     breakdowns: dict[BreakdownKey, dict[str, Metrics]] = Field(default_factory=dict)
+    metric_directions: dict[str, Direction] | None = None
+    """Schema 1.1: metric name -> which values are better; ``None`` in a 1.0 file (not recorded)."""
     counts: Counts
     complete: bool = False
     provenance: Provenance
@@ -265,6 +272,48 @@ class Results(Strict):
         if self.kind == "eval" and self.stress is not None:
             raise ValueError("kind 'eval' must not carry a 'stress' section (use kind 'stress')")
         return self
+
+    @model_validator(mode="after")
+    def _directions_match_version(self) -> "Results":
+        if self.schema_version == "1.0":
+            if self.metric_directions is not None:
+                raise ValueError("metric_directions needs schema_version 1.1 (1.0 files do not record directions)")
+        elif self.metric_directions is None:
+            # A writer that did not say: the metric table's directions for the names it knows.
+            self.metric_directions = {
+                name: d for name in self.metric_names() if (d := metric_specs.direction(name)) is not None
+            }
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # 1.0 files have no directions: absent stays absent, so they round-trip unchanged.
+        data = handler(self)
+        if data.get("metric_directions") is None:
+            data.pop("metric_directions", None)
+        return data
+
+    def metric_names(self) -> list[str]:
+        """Every metric name in the file, top-level first, then breakdowns and the stress grid."""
+        names = list(self.metrics)
+        names += [n for groups in self.breakdowns.values() for ms in groups.values() for n in ms]
+        if self.stress is not None:
+            names += [self.stress.metric] + [n for p in self.stress.grid for n in p.metrics]
+        return list(dict.fromkeys(names))
+
+    def recorded_direction(self, metric: str) -> Direction | None:
+        """The direction this file records for ``metric`` (``None`` if it records none, as 1.0 files)."""
+        return (self.metric_directions or {}).get(metric)
+
+    def higher_is_better(self, metric: str) -> bool | None:
+        """Whether larger values of ``metric`` are better: as recorded, else as the metric table says.
+
+        ``None`` for a metric that neither the file nor the table knows.
+        """
+        recorded = self.recorded_direction(metric)
+        if recorded is not None:
+            return recorded == "higher"
+        return metric_specs.higher_is_better(metric)
 
     def to_json(self) -> str:
         """The canonical serialisation: 2-space indented, key order as declared, no NaN."""
@@ -313,6 +362,11 @@ def load_results(path: str | os.PathLike[str], *, allow_incomplete: bool = False
         raise SchemaVersionError(
             f"{path}: unknown results schema_version {version!r}; this dolos-bench reads "
             f"{', '.join(SUPPORTED_VERSIONS)}. Upgrade dolos-bench or re-run the evaluation."
+        )
+    if version != "1.0" and not isinstance(raw.get("metric_directions"), dict):
+        raise ResultsError(
+            f"{path}: a schema_version {version} results file must record metric_directions "
+            "(metric name -> \"higher\" or \"lower\"); the file was not written by dolos-bench or was edited"
         )
     try:
         results = Results.model_validate(raw)
@@ -387,6 +441,7 @@ def collect_provenance(
 __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
+    "Direction",
     "ResultsError",
     "SchemaVersionError",
     "IncompleteResultsError",

@@ -186,6 +186,7 @@ def test_ids_of_the_scored_split_left_out_by_limit_are_no_error(tmp_path: Path) 
 
 
 def test_a_bundle_for_another_split_is_named_end_to_end(tmp_path: Path) -> None:
+    from dolos_bench.eval.config import ScoringConfig
     from dolos_bench.eval.runner import run_eval
 
     data = build_tiny(tmp_path, images=6)
@@ -195,7 +196,7 @@ def test_a_bundle_for_another_split_is_named_end_to_end(tmp_path: Path) -> None:
     for sample_id in ids["train"]:
         _npy(folder, sample_id, np.zeros((64, 64), np.float32))
     with pytest.raises(PredictionsError) as info:
-        run_eval(str(folder), str(data), split="test", bootstrap=0)
+        run_eval(ScoringConfig(model=str(folder), data=str(data), split="test", bootstrap=0))
     msg = str(info.value)
     assert f"missing {len(ids['test'])} ids" in msg
     assert f"{len(ids['train'])} ids belong to split 'train', not 'test'" in msg
@@ -207,7 +208,7 @@ def test_a_bundle_for_another_split_is_named_end_to_end(tmp_path: Path) -> None:
     _npy(good, first, np.full((64, 64), np.nan, np.float32))
     _npy(good, last, np.full((64, 64), 3.0, np.float32))
     with pytest.raises(PredictionsError) as info:
-        run_eval(str(good), str(data), split="test", batch_size=1, bootstrap=0)
+        run_eval(ScoringConfig(model=str(good), data=str(data), split="test", batch_size=1, bootstrap=0))
     assert "2 bad prediction files" in str(info.value)
     assert f"id {first!r}" in str(info.value) and f"id {last!r}" in str(info.value)
 

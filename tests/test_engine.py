@@ -60,3 +60,30 @@ def test_a_failing_unit_raises_its_own_error_naming_the_unit(engine) -> None:
 def test_engine_for_picks_inline_for_one_worker() -> None:
     assert isinstance(engine_for(1), InlineEngine)
     assert isinstance(engine_for(2), ProcessEngine)
+
+
+def test_units_go_to_their_home_worker_and_idle_workers_take_the_rest() -> None:
+    """Homes are kept when the home has room; a worker with nothing of its own is never left idle."""
+    plan = WorkerPlan(FACTORY, {}, workers=2, devices=("cuda:0", "cuda:1"))
+    with ProcessEngine().start(plan) as pool:
+        assert pool.workers == 2
+        out = list(pool.map(range(40), home=lambda u: u % 2))
+        assert [o[0] for o in out] == [i * i for i in range(40)]
+        at_home = sum(o[1] == f"cuda:{i % 2}" for i, o in enumerate(out))
+        assert at_home >= 30, at_home
+        everything_on_0 = list(pool.map(range(40), home=lambda u: 0))
+        assert [o[0] for o in everything_on_0] == [i * i for i in range(40)]
+        assert {o[1] for o in everything_on_0} == {"cuda:0", "cuda:1"}
+
+
+def test_two_maps_can_share_a_pool_one_feeding_the_other() -> None:
+    """A stage's map may read another map's results on the same workers (prepare -> finish)."""
+    with ProcessEngine().start(WorkerPlan(FACTORY, {}, workers=2)) as pool:
+        first = pool.map(range(12))
+        second = list(pool.map(o[0] for o in first))
+    assert [o[0] for o in second] == [i**4 for i in range(12)]
+
+
+def test_workers_know_their_index() -> None:
+    plan = WorkerPlan(FACTORY, {}, workers=3)
+    assert [plan.build(i).index for i in range(3)] == [0, 1, 2]

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from dolos_bench.cli import main
 from dolos_bench.data.reader import open_split
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
+from dolos_bench.eval.config import ScoringConfig
 from dolos_bench.eval.runner import EvalInterrupted, run_eval
 
 from helpers import build_tiny, results_numbers
@@ -42,10 +43,10 @@ def dataset(tmp_path_factory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("runner"), images=8)
 
 
-def _eval(dataset: Path, out: Path | None, **kw: Any):
+def _eval(dataset: Path, out: Path | None, *, stop_after_chunks: int | None = None, **kw: Any):
     kw.setdefault("split", "train")
     kw.setdefault("bootstrap", 30)
-    return run_eval(MODEL, str(dataset), out=out, **kw)
+    return run_eval(ScoringConfig(model=MODEL, data=str(dataset), **kw), out=out, stop_after_chunks=stop_after_chunks)
 
 
 _numbers = results_numbers
@@ -80,7 +81,7 @@ def test_interrupted_eval_resumes_to_the_same_bytes(tmp_path: Path, dataset: Pat
     folder = tmp_path / ".r.json.eval"
     assert sorted(p.name for p in folder.iterdir()) == ["0000.json", "0000.jsonl", "0001.json", "0001.jsonl"]
     # Another model's (or options') chunks are not merged in.
-    other = _eval(dataset, None, chunk_size=4, model_args={"gain": 0.5})
+    other = _eval(dataset, None, chunk_size=4, options={"gain": 0.5})
     assert other.results.metrics != json.loads(reference.read_text())["metrics"]
     (folder / "0001.jsonl").unlink()  # a chunk without its records is redone
     resumed = _eval(dataset, out, protocol="dolos", chunk_size=4)
@@ -93,8 +94,8 @@ def test_interrupted_eval_resumes_to_the_same_bytes(tmp_path: Path, dataset: Pat
 def test_changed_options_invalidate_checkpoints(tmp_path: Path, dataset: Path) -> None:
     out = tmp_path / "r.json"
     with pytest.raises(EvalInterrupted):
-        _eval(dataset, out, chunk_size=4, stop_after_chunks=1, model_args={"gain": 0.5})
-    result = _eval(dataset, out, chunk_size=4, model_args={"gain": 2.0})
+        _eval(dataset, out, chunk_size=4, stop_after_chunks=1, options={"gain": 0.5})
+    result = _eval(dataset, out, chunk_size=4, options={"gain": 2.0})
     assert "resumed_chunks" not in result.results.info
 
 
@@ -103,7 +104,7 @@ def test_model_failure_keeps_finished_chunks_and_writes_no_results(tmp_path: Pat
     out = tmp_path / "r.json"
     for workers in (1, 2):
         with pytest.raises(LocalizerError, match=rf"cannot score {ids[9]}"):
-            _eval(dataset, out, chunk_size=4, workers=workers, model_args={"fail_on": ids[9]})
+            _eval(dataset, out, chunk_size=4, workers=workers, options={"fail_on": ids[9]})
         assert not out.exists() and not out.with_suffix(".samples.jsonl").exists()
     assert (tmp_path / ".r.json.eval" / "0000.json").exists()  # chunk 1 is kept for the re-run
 
@@ -150,7 +151,7 @@ def test_weights_are_passed_on_and_hashed(tmp_path: Path, dataset: Path) -> None
     model = load_results(out).model
     assert model.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert model.options == {"weights": str(weights)}
-    half = _eval(dataset, None, model_args={"gain": 0.5}, bootstrap=0)
+    half = _eval(dataset, None, options={"gain": 0.5}, bootstrap=0)
     assert load_results(out).metrics == half.results.metrics  # the weights were really used
 
     # A folder hashes its files' contents and names, not their order or timestamps.

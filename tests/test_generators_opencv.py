@@ -32,8 +32,8 @@ def test_registry_creates_each_generator(name: str) -> None:
     gen = GENERATORS.create(name, radius=3)
     assert isinstance(gen, Generator) and gen.name == name
     assert type(gen) is {"telea": TeleaGenerator, "ns": NavierStokesGenerator}[name]
-    assert gen.config() == {"radius": 3, "opencv": cv2.__version__}
-    assert GENERATORS.create(name).config()["radius"] == 3  # the default
+    assert gen.identity() == {"radius": 3, "opencv": cv2.__version__}
+    assert GENERATORS.create(name).identity()["radius"] == 3  # the default
 
 
 @pytest.mark.parametrize("name", NAMES)

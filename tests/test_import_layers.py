@@ -3,7 +3,7 @@
 Layers, highest first; a module may import from its own top-level part or from a lower layer only:
 
     cli  ->  builder | eval | report | publish | train  ->  engine | perturbations | data | results
-         ->  config | registry | utils | errors | seeding
+         ->  config | registry | seeding | stage | metric_specs  ->  utils  ->  errors
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ LAYERS = {
     "cli": 3,
     "builder": 2, "eval": 2, "report": 2, "publish": 2, "train": 2,
     "engine": 1, "perturbations": 1, "data": 1, "results": 1,
-    "config": 0, "registry": 0, "seeding": 0,
+    "config": 0, "registry": 0, "seeding": 0, "stage": 0, "metric_specs": 0,
     "utils": -1,
     "errors": -2,
 }

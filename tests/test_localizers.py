@@ -21,6 +21,7 @@ from dolos_bench.eval.localizers import (  # noqa: E402
     check_output,
     load_localizer,
     parse_model_args,
+    resize_input,
 )
 from dolos_bench.registry import UnknownNameError  # noqa: E402
 
@@ -215,6 +216,25 @@ def test_torchscript_traced_tuple_and_input_size(tmp_path: Path) -> None:
     assert [m.shape for m in out.maps] == [(32, 32)] * 3
     assert out.scores is not None and len(out.scores) == 3
     assert all(0 <= s <= 1 for s in out.scores)
+
+
+def test_one_input_resize_with_the_kernel_of_each_path() -> None:
+    """The eval runner resizes with PIL's bilinear, a tensor adapter's own predict with OpenCV's area or
+    linear: one function, the kernel named by the caller, so neither path's numbers moved."""
+    import cv2
+    from PIL import Image
+
+    big, small, square = _images((40, 50), (20, 24), (32, 32))
+    pil = resize_input(big, 32, "pil-bilinear")
+    assert np.array_equal(pil, np.asarray(Image.fromarray(big).resize((32, 32), Image.Resampling.BILINEAR)))
+    area = resize_input(big, 32, "cv2-area")
+    assert np.array_equal(area, cv2.resize(big, (32, 32), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(resize_input(small, 32, "cv2-area"),
+                          cv2.resize(small, (32, 32), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(pil, area)  # two kernels, two answers: each path keeps its own
+    assert resize_input(square, 32, "pil-bilinear") is square and resize_input(square, 32, "cv2-area") is square
+    with pytest.raises(ValueError, match="unknown resize kernel 'nearest'"):
+        resize_input(big, 32, "nearest")  # type: ignore[arg-type]
 
 
 def test_torchscript_dict_output_and_normalisation(tmp_path: Path) -> None:

@@ -214,9 +214,9 @@ def test_bad_image_is_a_value_error(cls: type[Masker]) -> None:
 @pytest.mark.parametrize("cls", RANDOM_MASKERS)
 def test_config_is_json_and_rebuilds_the_same_masker(cls: type[Masker]) -> None:
     masker = cls()
-    config = json.loads(json.dumps(masker.config()))
+    config = json.loads(json.dumps(masker.identity()))
     rebuilt = cls(**config)
-    assert rebuilt.config() == masker.config()
+    assert rebuilt.identity() == masker.identity()
     assert rebuilt(blank(80, 120), rng(5)).mask.tobytes() == masker(blank(80, 120), rng(5)).mask.tobytes()
     again = pickle.loads(pickle.dumps(masker))
     assert again(blank(80, 120), rng(5)).mask.tobytes() == masker(blank(80, 120), rng(5)).mask.tobytes()
@@ -228,12 +228,12 @@ def test_info_is_json_and_does_not_shadow_config(cls: type[Masker]) -> None:
     masker = cls()
     info = masker(blank(90, 90), rng(1)).info
     json.dumps(info)
-    assert not set(info) & set(masker.config())
+    assert not set(info) & set(masker.identity())
 
 
 def test_scalar_ranges_mean_fixed_values() -> None:
     masker = StrokeMasker(strokes=2, width=0.05, min_area=0.0, max_area=1.0)
-    assert masker.config()["strokes"] == [2, 2]
+    assert masker.identity()["strokes"] == [2, 2]
     assert masker(blank(64, 64), rng(0)).info["n_strokes"] == 2
     boxes = BoxMasker(count=2, side=0.3, min_area=0.0, max_area=1.0)(blank(100, 100), rng(0))
     assert len(boxes.info["boxes"]) == 2
@@ -262,13 +262,14 @@ from dolos_bench.builder.masks.landmarks import (  # noqa: E402
     landmark_licence_note,
     predictor_file,
 )
+from dolos_bench.registry import MASKERS  # noqa: E402
+from stage_marks import stage_missing  # noqa: E402
 
 
 def _faces_extra_missing() -> str:
-    import importlib.util
-
-    if importlib.util.find_spec("dlib") is None:
-        return "dlib (dlib-bin) is not installed"
+    reason = stage_missing(MASKERS, "landmarks")
+    if reason is not None:
+        return reason
     try:
         predictor_file()
     except FileNotFoundError as exc:
@@ -417,7 +418,7 @@ def test_call_is_deterministic_and_records_its_choices(astronaut, masker: Landma
     assert info["area"] == pytest.approx(np.count_nonzero(first.mask) / first.mask.size)
     assert len(info["face_box"]) == 4 and info["faces"] == 1
     json.dumps(info)
-    assert not set(info) & set(masker.config())  # the pipeline stores {**config, **info}
+    assert not set(info) & set(masker.identity())  # the pipeline stores {**config, **info}
 
 
 def test_seeds_spread_over_parts_and_dilations(astronaut, masker: LandmarkMasker) -> None:
@@ -439,6 +440,7 @@ def test_single_part_with_fixed_dilation(astronaut, masker: LandmarkMasker) -> N
     assert np.array_equal(result.mask, expected)
 
 
+@needs_faces
 def test_parts_out_of_bounds_fall_back_then_skip(astronaut) -> None:
     # On this crop the face covers ~9% of the image and the eyes under 4% even dilated by 2 px.
     fallback = LandmarkMasker(parts=["face", "eyes"], dilation=[0, 2], max_area=0.05)
@@ -478,11 +480,11 @@ def test_masker_pickles_small_and_loads_models_once(astronaut, masker: LandmarkM
 
 
 def test_config_round_trip(astronaut, masker: LandmarkMasker) -> None:
-    config = json.loads(json.dumps(masker.config()))
+    config = json.loads(json.dumps(masker.identity()))
     assert config["parts"] == ["eyes", "brows", "nose", "mouth", "skin", "face"]
     assert config["dilation"] == [1, 15]
     rebuilt = LandmarkMasker(**config)
-    assert rebuilt.config() == masker.config()
+    assert rebuilt.identity() == masker.identity()
     explicit = LandmarkMasker(predictor_path=str(predictor_file()))
     assert explicit(astronaut, rng(2)).mask.tobytes() == masker(astronaut, rng(2)).mask.tobytes()
 

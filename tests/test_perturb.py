@@ -201,7 +201,7 @@ def test_empty_chain_is_identity_and_none() -> None:
     chain = parse_chain(None)
     out, m = chain.apply(img, mask, np.random.default_rng(0))
     assert np.array_equal(out, img) and np.array_equal(m, mask)
-    assert chain.describe() == "none" and chain.spec() == [] and len(chain) == 0
+    assert chain.describe() == "none" and chain.identity() == [] and len(chain) == 0
     assert parse_chain("none") == chain == parse_chain([]) == parse_chain("")
 
 
@@ -224,28 +224,28 @@ def test_empty_chain_is_identity_and_none() -> None:
 )
 def test_all_forms_of_one_perturbation(spec: object) -> None:
     p = parse_perturbation(spec)  # type: ignore[arg-type]
-    assert isinstance(p, JPEG) and p.spec() == {"name": "jpeg", "quality": 75}
+    assert isinstance(p, JPEG) and p.identity() == {"name": "jpeg", "quality": 75}
 
 
 def test_multi_parameter_and_default_forms() -> None:
     for spec in ["resize(0.5, bicubic)", "resize(scale=0.5, interpolation='bicubic')",
                  {"resize": [0.5, "bicubic"]}, {"resize": {"scale": 0.5, "interpolation": "BICUBIC"}}]:
-        assert parse_perturbation(spec).spec() == {"name": "resize", "scale": 0.5, "interpolation": "bicubic"}
+        assert parse_perturbation(spec).identity() == {"name": "resize", "scale": 0.5, "interpolation": "bicubic"}
     p = parse_perturbation("resize(0.5)")
-    assert p.params() == {"scale": 0.5, "interpolation": "bilinear"}
+    assert p.identity() == {"name": "resize", "scale": 0.5, "interpolation": "bilinear"}
     assert describe_perturbation(p) == "resize(scale=0.5)"
-    assert parse_perturbation("blur(sigma=1.5)").params() == {"sigma": 1.5}
+    assert parse_perturbation("blur(sigma=1.5)").identity() == {"name": "blur", "sigma": 1.5}
 
 
 def test_chain_string_and_describe() -> None:
     chain = parse_chain("resize(0.5)|jpeg(75)")
     assert chain.describe() == "resize(scale=0.5)|jpeg(quality=75)"
     assert [type(s) for s in chain] == [Resize, JPEG]
-    assert parse_chain(chain.spec()) == chain
+    assert parse_chain(chain.identity()) == chain
     assert parse_chain(["resize(0.5)", {"jpeg": 75}]) == chain
     assert parse_chain(["resize(0.5)|jpeg(75)"]) == chain
     assert parse_chain({"jpeg": 75}).describe() == "jpeg(quality=75)"
-    assert json.loads(json.dumps(chain.spec())) == chain.spec()
+    assert json.loads(json.dumps(chain.identity())) == chain.identity()
 
 
 _STEP = st.one_of(
@@ -273,14 +273,14 @@ def _as_string(step: dict) -> str:
 @given(st.lists(_STEP, max_size=5))
 def test_chain_spec_round_trips(steps: list[dict]) -> None:
     chain = parse_chain(steps)
-    spec = chain.spec()
+    spec = chain.identity()
     assert spec == steps
-    assert parse_chain(spec).spec() == spec
-    assert parse_chain(json.loads(json.dumps(spec))).spec() == spec
-    assert parse_chain(chain.describe()).spec() == spec  # the breakdown key is itself a spec
-    assert parse_chain("|".join(_as_string(s) for s in steps)).spec() == spec
+    assert parse_chain(spec).identity() == spec
+    assert parse_chain(json.loads(json.dumps(spec))).identity() == spec
+    assert parse_chain(chain.describe()).identity() == spec  # the breakdown key is itself a spec
+    assert parse_chain("|".join(_as_string(s) for s in steps)).identity() == spec
     one_key = [{s["name"]: {k: v for k, v in s.items() if k != "name"}} for s in steps]
-    assert parse_chain(one_key).spec() == spec
+    assert parse_chain(one_key).identity() == spec
 
 
 @pytest.mark.parametrize(
@@ -342,5 +342,5 @@ def test_direct_constructors_validate() -> None:
         GaussianNoise(sigma=float("nan"))
     with pytest.raises(ValueError, match="interpolation"):
         Resize(scale=1.0, interpolation="cubic")
-    assert JPEG(quality=np.int64(80)).params() == {"quality": 80}
+    assert JPEG(quality=np.int64(80)).identity() == {"name": "jpeg", "quality": 80}
     assert type(JPEG(quality=80.0).quality) is int

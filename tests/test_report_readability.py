@@ -29,7 +29,7 @@ from dolos_bench.utils.outdir import RECORD, ForeignFilesError, files_under, rea
 DATA = Path(__file__).parent / "data" / "results"
 EVALS = [DATA / "eval_ela.json", DATA / "eval_noise.json", DATA / "eval_patchforensics.json"]
 STRESS = DATA / "stress_ela.json"
-FP_AREA = "pixel/fp-area/mean-of-images/real"
+FP_AREA = "pixel/fp-area@0.5/mean-of-images/reals"  # the metric table's lower-is-better metric
 CHROMIUM = Path("/usr/bin/chromium")
 
 

@@ -32,16 +32,18 @@ from dolos_bench.results import (
     save_results,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "results_v1.json"
+GOLDEN = Path(__file__).parent / "golden" / "results_v1_1.json"
+GOLDEN_V1_0 = Path(__file__).parent / "golden" / "results_v1.json"
 SHA_A = "a" * 64
 SHA_B = "0123456789abcdef" * 4
 
 
-def example(kind: str = "stress", complete: bool = True) -> Results:
+def example(kind: str = "stress", complete: bool = True, schema_version: str = SCHEMA_VERSION) -> Results:
     """A small result with every section filled, so the golden file pins every field."""
     iou = "pixel/iou@0.5/mean-of-images/fakes"
     m = Metric(value=0.5, ci95=(0.45, 0.55), n=2)
     return Results(
+        schema_version=schema_version,  # type: ignore[arg-type]
         kind=kind,  # type: ignore[arg-type]
         model=ModelInfo(id="toy", kind="onnx", path="models/toy.onnx", weights_sha256=SHA_A, options={"size": 256}),
         dataset=DatasetInfo(path="data/toy", fingerprint=SHA_B, split="test", recipe="recipes/build/toy.yaml",
@@ -75,9 +77,18 @@ def test_golden_serialisation() -> None:
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(example().to_json(), encoding="utf-8")
     assert produced == json.loads(GOLDEN.read_text(encoding="utf-8"))
-    assert produced["schema_version"] == SCHEMA_VERSION == "1.0"
+    assert produced["schema_version"] == SCHEMA_VERSION == "1.1"
     # The golden file is itself a valid results file.
     assert load_results(GOLDEN) == example()
+
+
+def test_golden_v1_0_still_reads() -> None:
+    """A schema 1.0 file (no recorded directions) loads, and is written back byte for byte."""
+    text = GOLDEN_V1_0.read_text(encoding="utf-8")
+    assert json.loads(text)["schema_version"] == "1.0"
+    loaded = load_results(GOLDEN_V1_0)
+    assert loaded == example(schema_version="1.0")
+    assert loaded.metric_directions is None and loaded.to_json() == text
 
 
 def test_roundtrip(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from dolos_bench.data.reader import (
 from dolos_bench.eval import runner as runner_module
 from dolos_bench.eval.api import Localizer, LocalizerOutput
 from dolos_bench.results import IncompleteResultsError, ResultsError, load_results
+from dolos_bench.eval.config import ScoringConfig
 from dolos_bench.eval.runner import EvalInterrupted, run_eval
 from dolos_bench.eval.stress import StressInterrupted, run_stress
 from dolos_bench.eval.suite import validate_suite_data
@@ -145,11 +146,12 @@ def test_a_foreign_folder_is_scored_unverified_with_a_fingerprint_of_its_files(t
     assert info.fingerprint == hashlib.sha256((files_digest + "test" + "\n".join(ids)).encode()).hexdigest()
 
     # The same numbers as on the verified build it was made from, which says verified: true.
-    built = run_eval(MODEL, str(dataset), split="train", bootstrap=0).results
+    built = run_eval(ScoringConfig(model=MODEL, data=str(dataset), split="train", bootstrap=0)).results
     assert built.dataset.verified is True and built.metrics == load_results(out).metrics
     # A folder of the same name with other content gets another fingerprint.
     other = _hf_folder(tmp_path / "two" / "mine", rows[:-1])
-    assert run_eval(MODEL, str(other), split="test", bootstrap=0).results.dataset.fingerprint != info.fingerprint
+    assert run_eval(ScoringConfig(model=MODEL, data=str(other), split="test", bootstrap=0)).results.dataset.fingerprint \
+        != info.fingerprint
     # No note for verified data.
     clean = CliRunner().invoke(main, ["eval", MODEL, "--data", str(dataset), "--split", "train", "--bootstrap", "0",
                                       "--quiet"])
@@ -177,13 +179,14 @@ def test_a_limited_run_is_never_complete(tmp_path: Path, dataset: Path) -> None:
         build_leaderboard([out], tmp_path / "board")
 
     # A limit that does not cut the split scores all of it: complete.
-    whole = run_eval(MODEL, str(dataset), split="train", limit=n + 10, bootstrap=0, out=tmp_path / "all.json")
+    whole = run_eval(ScoringConfig(model=MODEL, data=str(dataset), split="train", limit=n + 10, bootstrap=0),
+                     out=tmp_path / "all.json")
     assert whole.results.complete and load_results(tmp_path / "all.json").dataset.split_samples == n
-    sweep = run_stress(MODEL, str(dataset), suite=validate_suite_data(SUITE), split="train", limit=3, bootstrap=0,
-                       out=tmp_path / "s.json", plots=None)
+    sweep = run_stress(ScoringConfig(model=MODEL, data=str(dataset), split="train", limit=3, bootstrap=0),
+                       suite=validate_suite_data(SUITE), out=tmp_path / "s.json", plots=None)
     assert sweep.results.complete is False and sweep.results.dataset.num_samples == 3
-    assert run_stress(MODEL, str(dataset), suite=validate_suite_data(SUITE), split="train", bootstrap=0,
-                      out=tmp_path / "s2.json", plots=None).results.complete is True
+    assert run_stress(ScoringConfig(model=MODEL, data=str(dataset), split="train", bootstrap=0),
+                      suite=validate_suite_data(SUITE), out=tmp_path / "s2.json", plots=None).results.complete is True
 
 
 # -- item 6: a local path is a local path ------------------------------------------------------
@@ -248,7 +251,8 @@ def test_hub_ids_are_only_owner_name_strings_or_hf_prefixed(tmp_path: Path, monk
 def test_ctrl_c_in_eval_keeps_chunks_and_resumes_to_the_same_results(
         tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, interrupt_at) -> None:
     reference = tmp_path / "ref.json"
-    run_eval(CTRL_C, str(dataset), split="train", bootstrap=20, out=reference, chunk_size=4, batch_size=2)
+    run_eval(ScoringConfig(model=CTRL_C, data=str(dataset), split="train", bootstrap=20, chunk_size=4, batch_size=2),
+             out=reference)
     out = tmp_path / "r.json"
     args = ["eval", CTRL_C, "--data", str(dataset), "--split", "train", "--bootstrap", "20", "--chunk-size", "4",
             "--batch-size", "2", "--out", str(out), "--quiet"]
@@ -291,15 +295,16 @@ class CtrlCWhileLoading(Brightness):
 def test_ctrl_c_while_loading_says_nothing_new_was_kept(tmp_path: Path, dataset: Path) -> None:
     with pytest.raises(EvalInterrupted, match=r"^interrupted before scoring began: nothing new was kept; run the same "
                                               r"command again: bench eval y$"):
-        run_eval(f"{__name__}:CtrlCWhileLoading", str(dataset), split="train", out=tmp_path / "r.json",
-                 command="bench eval y")
+        run_eval(ScoringConfig(model=f"{__name__}:CtrlCWhileLoading", data=str(dataset), split="train"),
+                 out=tmp_path / "r.json", command="bench eval y")
     assert not (tmp_path / "r.json").exists()
 
 
 def test_ctrl_c_while_writing_leaves_nothing_that_looks_finished(
         tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "r.json"
-    run_eval(MODEL, str(dataset), split="train", bootstrap=0, out=out)
+    config = ScoringConfig(model=MODEL, data=str(dataset), split="train", bootstrap=0)
+    run_eval(config, out=out)
     finished = results_numbers(out)
 
     def ctrl_c(*args: Any, **kwargs: Any) -> None:
@@ -308,11 +313,11 @@ def test_ctrl_c_while_writing_leaves_nothing_that_looks_finished(
     monkeypatch.setattr(runner_module, "save_results", ctrl_c)
     with pytest.raises(EvalInterrupted, match=r"^interrupted: 1 of 1 chunks checkpointed in .*run the same command "
                                               r"again to resume: bench eval x$"):
-        run_eval(MODEL, str(dataset), split="train", bootstrap=0, out=out, command="bench eval x")
+        run_eval(config, out=out, command="bench eval x")
     # Neither the old results (they would sit beside the new samples) nor the new samples stay.
     assert not out.exists() and not out.with_suffix(".samples.jsonl").exists()
     monkeypatch.undo()
-    again = run_eval(MODEL, str(dataset), split="train", bootstrap=0, out=out)
+    again = run_eval(config, out=out)
     assert again.results.info["resumed_chunks"] == 1
     assert results_numbers(out) == finished and out.with_suffix(".samples.jsonl").exists()
 
@@ -321,8 +326,8 @@ def test_ctrl_c_in_stress_keeps_points_and_resumes_to_the_same_results(
         tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, interrupt_at) -> None:
     suite = tmp_path / "suite.yaml"
     suite.write_text(json.dumps(SUITE))
-    reference = run_stress(CTRL_C, str(dataset), suite=suite, split="train", bootstrap=10, out=tmp_path / "ref.json",
-                           plots=None)
+    config = ScoringConfig(model=CTRL_C, data=str(dataset), split="train", bootstrap=10)
+    reference = run_stress(config, suite=suite, out=tmp_path / "ref.json", plots=None)
     n_batches = -(-len(open_split(dataset, "train")) // 16)
     out = tmp_path / "s.json"
     args = ["stress", CTRL_C, "--data", str(dataset), "--suite", str(suite), "--split", "train", "--bootstrap", "10",
@@ -336,8 +341,7 @@ def test_ctrl_c_in_stress_keeps_points_and_resumes_to_the_same_results(
         f"{shlex.join(['bench', *args])}"]
     assert not out.exists() and [p.name for p in folder.glob("*.json")] == ["0000.json"]
     with pytest.raises(StressInterrupted, match="1 of 3 points of the sweep"):
-        run_stress(CTRL_C, str(dataset), suite=suite, split="train", bootstrap=10, out=out, plots=None,
-                   stop_after_points=0)
+        run_stress(config, suite=suite, out=out, plots=None, stop_after_points=0)
     interrupt_at(None)
     resumed = _bench(monkeypatch, args)
     assert resumed.exit_code == 0, resumed.output

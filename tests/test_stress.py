@@ -22,6 +22,7 @@ from dolos_bench.cli import main
 from dolos_bench.data.reader import read_rows
 from dolos_bench.eval.api import Localizer, LocalizerError, LocalizerOutput
 from dolos_bench.results import load_results
+from dolos_bench.eval.config import ScoringConfig
 from dolos_bench.eval.runner import run_eval
 from dolos_bench.report.plots import robustness_curves
 from dolos_bench.eval.stress import (
@@ -90,12 +91,17 @@ def dataset(tmp_path_factory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("stress"), perturbations={"probability": 0.0, "chains": []})
 
 
+RUN_OPTIONS = ("suite", "only", "metric", "plots", "progress", "stop_after_points", "command")
+"""run_stress's own keywords; the rest of a _stress call goes into its ScoringConfig."""
+
+
 def _stress(dataset: Path, out: Path, **kw: Any):
     kw.setdefault("suite", validate_suite_data(SMALL_SUITE))
     kw.setdefault("split", "train")
     kw.setdefault("bootstrap", 20)
     kw.setdefault("plots", robustness_curves)
-    return run_stress(MODEL, str(dataset), out=out, **kw)
+    run = {key: kw.pop(key) for key in RUN_OPTIONS if key in kw}
+    return run_stress(ScoringConfig(model=MODEL, data=str(dataset), **kw), out=out, **run)
 
 
 _numbers = results_numbers
@@ -226,7 +232,7 @@ def test_stress_run_end_to_end(tmp_path: Path, dataset: Path) -> None:
     assert len(ResidualLocalizer.seen) == 7 * n  # clean + 6 points, each sample once
 
     # The clean reference is exactly what `bench eval` reports on the same split.
-    plain = run_eval(MODEL, str(dataset), split="train", bootstrap=20)
+    plain = run_eval(ScoringConfig(model=MODEL, data=str(dataset), split="train", bootstrap=20))
     assert results.metrics == plain.results.metrics and results.breakdowns == plain.results.breakdowns
 
     # Each point really perturbed the images the model saw, as the build's code does, per sample seed.
@@ -284,8 +290,9 @@ def test_worker_processes_give_the_same_numbers(tmp_path: Path, dataset: Path) -
     assert three.resumed_points == 4 and _numbers(three.results_path) == _numbers(one.results_path)
     # A model that fails in a worker: its error, naming the samples, reaches the caller; no results.
     with pytest.raises(LocalizerError, match=r"intolerant.*input smaller than 40 px"):
-        run_stress(f"{__name__}:SmallImageIntolerant", str(dataset), out=tmp_path / "four.json", split="train",
-                   suite=validate_suite_data(SMALL_SUITE), workers=2, plots=None, bootstrap=0)
+        run_stress(ScoringConfig(model=f"{__name__}:SmallImageIntolerant", data=str(dataset), split="train",
+                                 workers=2, bootstrap=0),
+                   out=tmp_path / "four.json", suite=validate_suite_data(SMALL_SUITE), plots=None)
     assert not (tmp_path / "four.json").exists()
 
 
@@ -301,8 +308,8 @@ def test_interrupted_sweep_resumes_to_the_same_results(tmp_path: Path, dataset: 
     import shutil
 
     shutil.copytree(tmp_path / ".resumed.json.stress", tmp_path / ".other.json.stress", dirs_exist_ok=True)
-    other = run_stress(MODEL, str(dataset), out=tmp_path / "other.json", split="train", bootstrap=20, plots=None,
-                       suite=validate_suite_data(SMALL_SUITE), limit=5)
+    other = run_stress(ScoringConfig(model=MODEL, data=str(dataset), split="train", bootstrap=20, limit=5),
+                       out=tmp_path / "other.json", plots=None, suite=validate_suite_data(SMALL_SUITE))
     assert other.resumed_points == 0
     # A corrupt checkpoint is recomputed.
     checkpoints[1].write_text("{not json")
@@ -316,7 +323,8 @@ def test_predictions_folders_cannot_be_stressed(tmp_path: Path, dataset: Path) -
     preds = tmp_path / "preds"
     preds.mkdir()
     with pytest.raises(StressError, match="precomputed predictions cannot be stress-tested"):
-        run_stress(str(preds), str(dataset), out=tmp_path / "p.json", split="train", suite=validate_suite_data(SMALL_SUITE))
+        run_stress(ScoringConfig(model=str(preds), data=str(dataset), split="train"), out=tmp_path / "p.json",
+                   suite=validate_suite_data(SMALL_SUITE))
     assert not (tmp_path / "p.json").exists()
     with pytest.raises(StressError, match=r"must name a \.json"):
         _stress(dataset, tmp_path / "p.txt")

@@ -5,6 +5,10 @@ Images travel between stages as ``uint8`` arrays of shape ``(H, W, 3)`` in RGB o
 convention of the whole project (see ``dolos_bench.data.schema``). Every stage gets its
 randomness as an explicit ``numpy.random.Generator`` derived from (recipe seed, sample id), so
 that no stage ever reads global random state.
+
+Both are :class:`dolos_bench.stage.Stage`: a ``Config`` recipes validate without building them,
+``requires``/``extra``/``licence_note`` declarations, ``setup(device)`` for heavy loading once per
+worker and ``identity()``, the JSON written into every shard row (``generator_config``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..perturbations.base import Perturbation
+from ..stage import Stage
 
 __all__ = ["Generator", "MaskResult", "Masker", "Perturbation", "SkipSample"]
 
@@ -36,21 +41,29 @@ class MaskResult:
     info: dict[str, Any] = field(default_factory=dict)  # provenance: dilation, counts, ...
 
 
-class Masker(ABC):
+class Masker(Stage, ABC):
     """Chooses the region of a real image that a generator will inpaint."""
 
     name: ClassVar[str] = "masker"
 
-    def config(self) -> dict[str, Any]:
+    @classmethod
+    def label(cls) -> str:
+        return cls.__name__  # "StrokeMasker: strokes must be ..."
+
+    def identity(self) -> dict[str, Any]:
         """Parameters that define this masker, stored with every sample it produces."""
         return {}
+
+    def config(self) -> dict[str, Any]:
+        """Deprecated alias of :meth:`identity`."""
+        return self.identity()
 
     @abstractmethod
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MaskResult:
         """The mask for ``image``; raises :class:`SkipSample` when there is none to choose."""
 
 
-class Generator(ABC):
+class Generator(Stage, ABC):
     """Inpaints the masked region of an image. Pixels outside the mask should stay untouched.
 
     Learned generators override :meth:`inpaint_batch` to run a batch on an accelerator; the
@@ -58,10 +71,23 @@ class Generator(ABC):
     """
 
     name: ClassVar[str] = "generator"
+    preserves_unmasked: ClassVar[bool] = True
+    """Every pixel outside the mask comes back bit for bit (tests/test_contracts.py checks it).
 
-    def config(self) -> dict[str, Any]:
+    A generator that re-encodes the whole image (a latent-diffusion decode without pasting back)
+    sets this to False, so that the claim a localizer's score rests on is stated, not assumed."""
+    max_batch: ClassVar[int | None] = 1
+    """The most images one :meth:`inpaint_batch` call may take (None: any number). The build's
+    inpaint stage sends batches up to this size; output ``b`` must depend only on image ``b``,
+    mask ``b`` and rng ``b``, never on the batch it came in."""
+
+    def identity(self) -> dict[str, Any]:
         """Parameters (and weight identities) that define this generator, for provenance."""
         return {}
+
+    def config(self) -> dict[str, Any]:
+        """Deprecated alias of :meth:`identity`."""
+        return self.identity()
 
     @abstractmethod
     def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

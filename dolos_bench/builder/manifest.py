@@ -141,6 +141,27 @@ def _licences(recipe: "Recipe") -> list[tuple[str, str]]:
     return out
 
 
+def licence_notes(recipe: "Recipe") -> list[str]:
+    """The ``licence_note`` of every stage the recipe names, once each, in recipe order.
+
+    Sources, maskers, generators, then the perturbations of the chains: whatever a stage
+    declares, the card prints, so a new stage with a licence needs no change here.
+    """
+    from ..perturbations import parse_chain
+    from ..registry import GENERATORS, MASKERS, SOURCES
+
+    stages: list[object] = [SOURCES.get(spec.type) for spec in recipe.sources]
+    stages += [MASKERS.get(spec.type) for spec in recipe.maskers]
+    stages += [GENERATORS.get(spec.type) for spec in recipe.generators]
+    stages += [type(step) for chain in recipe.perturbations.chains for step in parse_chain(chain).steps]
+    notes: list[str] = []
+    for stage in stages:
+        note = getattr(stage, "licence_note", None)
+        if note and note not in notes:
+            notes.append(note)
+    return notes
+
+
 def build_card(recipe: "Recipe", manifest: dict[str, Any]) -> str:
     """README.md of the dataset: YAML metadata that the Hub reads, then how it was built."""
     splits = [s for s in SPLITS if s in manifest["counts"]["splits"]]
@@ -157,17 +178,11 @@ def build_card(recipe: "Recipe", manifest: dict[str, Any]) -> str:
         # `datasets.load_dataset(local_folder)` key its cache on the folder name instead of the
         # files -- a rebuilt or another same-named folder would then be read from a stale cache.
     }
-    uses_landmarks = any(m.type == "landmarks" for m in recipe.maskers)
-    landmark_note = ""
-    if uses_landmarks:
-        from .masks.landmarks import landmark_licence_note
-
-        landmark_note = landmark_licence_note()
     env = Environment(loader=PackageLoader("dolos_bench.builder", "templates"), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     body = env.get_template("dataset_card.md.j2").render(
         recipe=recipe, manifest=manifest, splits=splits, licences=_licences(recipe),
-        landmark_note=landmark_note, source_notes=_source_notes(recipe),
+        licence_notes=licence_notes(recipe), source_notes=_source_notes(recipe),
     )
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + body
 

@@ -1,338 +1,128 @@
-"""The build pipeline: plan every sample up front, make them in worker processes, write shards.
+"""The build: plan every sample, run the pending shards through the stages, commit shards in plan order.
 
-Planning happens once and depends only on the recipe and the source images: sample ids,
-splits, generator and perturbation choices are all derived from ``(recipe seed, sample id)``.
-Planning decodes every source image once (in the workers when there are several) to learn
-what it shows: files that cannot be used are skipped there, once per file, and an image whose
-decoded pixels equal an earlier one's is skipped as its duplicate, so that no picture can be
-in two splits under two names. Workers turn one planned sample into one row. The main process
-writes rows into shards in plan order, so the bytes do not depend on ``--workers``.
+    plan (plan.py) -> pending shards -> stages (stages.py, on the worker engine) -> shards -> manifest
+
+Planning decodes every source item once, in the CPU stage workers, which keep the preprocessed
+pixels for the samples (so a build decodes each image once). Each pending shard then goes to the
+worker that holds most of its pixels: there it is prepared (masked), inpainted by the generators
+that run on the CPU workers, perturbed, encoded and written as a parquet file into the state
+folder. Generators given their own devices run in their own pools, one generator per worker, fed
+batches of the prepared fakes; the shard is finished by a CPU worker afterwards. The parent only
+renames each finished shard into ``data/`` and records it, in plan order, so the bytes do not
+depend on ``--workers``.
 """
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import signal
+import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from itertools import groupby
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
-
-from ..data.dataset_io import DatasetFolder, ShardRecord, shard_name
-from ..data.images import ImageLoadError, encode_png, load_rgb, pixel_digest, preprocess, size_notes
-from ..data.schema import FAKE, REAL, SPLITS
-from ..data.sources import Source, SourceItem
+from ..data.dataset_io import DatasetFolder, ShardRecord, shard_schema
+from ..engine import Pool, WorkerPlan, engine_for
+from ..registry import GENERATORS
+from .plan import (CheckJob, Checker, FileAccount, ItemCheck, Plan, PlannedSample, build_sources, make_plan,
+                   samples_per_item)
 from .recipe import Recipe
-from ..registry import GENERATORS, MASKERS, SOURCES
-from ..seeding import derive_seed, rng_for
-from .base import Generator, Masker, SkipSample
-from .plan import FileAccount, Plan, PlannedSample
+from .stages import (CheckBlock, CpuStages, FinishJob, InpaintBatch, InpaintSetup, InpaintStage, ShardDone,
+                     ShardJob, StageSetup, fill, inpaint_batches)
+
+__all__ = ["BuildInterrupted", "BuildReport", "build_sources", "make_plan", "run_build"]
+
+PRELOAD = ["dolos_bench.builder.stages"]  # what the worker processes' forkserver imports once
+KEEP_BYTES = 2 << 30  # preprocessed pixels all CPU workers together keep from planning for the samples
 
 
-@dataclass(frozen=True)
-class ItemCheck:
-    """What decoding a source item once tells the plan: its content and conversions, or why it is unusable."""
-
-    digest: str | None
-    notes: tuple[str, ...] = ()
-    error: str | None = None
+# -- planning on the CPU workers ------------------------------------------------------------------------
 
 
-Checker = Callable[[list[tuple[int, Any]]], Iterable[ItemCheck]]
-
-
-def check_item(source: Source, ref: Any, recipe: Recipe) -> ItemCheck:
-    """Decode one item as a worker will, before preprocessing: pixel digest and notes, or the skip reason."""
+def _schema_soon() -> Future:
+    """The shards' Arrow schema, made in a thread while planning runs: it needs `datasets`, whose
+    import takes about a second that the workers would otherwise wait for."""
+    executor = ThreadPoolExecutor(1, thread_name_prefix="dolos-schema")
     try:
-        loaded = load_rgb(source.load(ref))
-        notes = loaded.notes + size_notes(loaded.array.shape, recipe.resolution, upscale=recipe.preprocess.upscale)
-    except ImageLoadError as exc:
-        return ItemCheck(None, error=str(exc))
-    except OSError as exc:
-        return ItemCheck(None, error=f"cannot read: {exc}")
-    return ItemCheck(pixel_digest(loaded.array), tuple(notes))
+        return executor.submit(shard_schema)
+    finally:
+        executor.shutdown(wait=False)
 
 
-def inline_checker(recipe: Recipe, sources: list[Source]) -> Checker:
-    """Check items one after the other in this process."""
-    return lambda refs: (check_item(sources[i], ref, recipe) for i, ref in refs)
+def _checker(recipe: Recipe, pool: Pool) -> Checker:
+    """Check items on the pool, in blocks of neighbours in shard order.
 
-
-def assign_split(seed: int, source_name: str, source_id: str, fractions: dict[str, float]) -> str:
-    """A split from a hash of the source item's group (its own id when it has none).
-
-    Hashing, rather than dealing items out, keeps each item's split independent of every other
-    item, so adding or removing images never moves the others.
+    Items are cut as the shards will be (per split, ``shard_size`` samples each, assuming none is
+    skipped); shards take turns for a home worker, and each shard's items go as four blocks to
+    its home. Blocks of consecutive shards are handed out interleaved, so that every worker
+    always finds its own within reach: one worker holds most of each shard's pixels, and small
+    blocks keep every worker busy to the end.
     """
-    u = derive_seed(seed, "split", source_name, source_id) / 2.0**64
-    cumulative = 0.0
-    for split in SPLITS:
-        cumulative += fractions[split]
-        if u < cumulative:
-            return split
-    return [s for s in SPLITS if fractions[s] > 0][-1]
+    per_shard = max(1, recipe.output.shard_size // max(1, samples_per_item(recipe)))
+    size = max(1, -(-per_shard // 4))
+
+    def check(jobs: list[CheckJob]) -> list[ItemCheck]:
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i].order)
+        shards: list[list[list[int]]] = []  # provisional shards, each as blocks of job positions
+        for _, members in groupby(order, key=lambda i: jobs[i].order[0]):
+            split = list(members)
+            for first in range(0, len(split), per_shard):
+                shard = split[first : first + per_shard]
+                shards.append([shard[k : k + size] for k in range(0, len(shard), size)])
+        blocks: list[tuple[int, list[int]]] = []  # (home, job positions), interleaved across shards
+        for group in range(0, len(shards), pool.workers):
+            turn = shards[group : group + pool.workers]
+            for k in range(max(len(s) for s in turn)):
+                blocks += [((group + j) % pool.workers, s[k]) for j, s in enumerate(turn) if k < len(s)]
+        units = [CheckBlock([jobs[i] for i in positions], home) for home, positions in blocks]
+        results: list[ItemCheck] = [ItemCheck(None)] * len(jobs)
+        for b, checked in pool.imap_unordered(units, describe=CheckBlock.describe, home=CheckBlock.home_of):
+            for i, result in zip(blocks[b][1], checked):
+                results[i] = result
+        return results
+
+    return check
 
 
-def _choose(rng: np.random.Generator, weights: list[float]) -> int:
-    p = np.asarray(weights, dtype=float)
-    return int(rng.choice(len(p), p=p / p.sum()))
+def _shard_jobs(plan: Plan, pending: list[tuple[str, str, list[PlannedSample]]], *, whole: bool,
+                schema: Any) -> list[ShardJob]:
+    """One job per pending shard, with its home (the worker holding most of its pixels) and the
+    items whose kept pixels it may release (no later shard uses them)."""
+    last_use: dict[str, str] = {}
+    for name, _, members in pending:
+        for sample in members:
+            last_use[sample.item_key] = name
+    jobs = []
+    for name, split, members in pending:
+        keys = {s.item_key for s in members}
+        held = [plan.held_by[k] for k in keys if k in plan.held_by]
+        home = max(set(held), key=lambda w: (held.count(w), -w)) if held else None
+        release = frozenset(k for k in keys if last_use[k] == name)
+        jobs.append(ShardJob(name, split, members, release, whole, schema, home))
+    return jobs
 
 
-def build_sources(recipe: Recipe) -> list[Source]:
-    return [SOURCES.create(spec.type, **spec.params) for spec in recipe.sources]
-
-
-def _variants(recipe: Recipe, base: str) -> list[tuple[str, int | None, str]]:
-    """(sample id, generator index or None for the real, mask key) of every sample of one source item."""
-    variants: list[tuple[str, int | None, str]] = []
-    if recipe.reals:
-        variants.append((f"{base}-real", None, ""))
-    for k in range(recipe.fakes.per_source):
-        if recipe.fakes.assignment == "each":
-            chosen = list(range(len(recipe.generators)))
-        else:
-            weights = [g.weight for g in recipe.generators]
-            chosen = [_choose(rng_for(recipe.seed, base, k, "generator"), weights)]
-        for g in chosen:
-            sample_id = f"{base}-{recipe.generators[g].label}-{k}"
-            variants.append((sample_id, g, f"{base}#{k}" if recipe.fakes.share_mask else sample_id))
-    return variants
-
-
-def _list_items(recipe: Recipe, sources: list[Source], plan: Plan) -> list[tuple[int, str, SourceItem]]:
-    """Every item of every source, minus those whose id repeats an earlier one; ignored files noted."""
-    seen: dict[tuple[str, str], str] = {}
-    listed: list[tuple[int, str, SourceItem]] = []
-    for source_index, (spec, source) in enumerate(zip(recipe.sources, sources)):
-        name = spec.source_name
-        for rel, reason in source.ignored():
-            plan.files.ignored.append({"source": name, "path": rel, "reason": reason})
-        for item in source.items():
-            plan.files.read += 1
-            key = (name, item.source_id)
-            if key in seen:
-                reason = f"duplicate id (same id as {seen[key]!r})"
-                plan.skipped.append({"id": f"{name}-{item.source_id}", "source": name,
-                                     "source_id": item.source_id, "path": item.label, "reason": reason})
-                plan.files.skipped.append({"source": name, "source_id": item.source_id, "path": item.label,
-                                           "reason": reason, "samples": 0})
-                continue
-            seen[key] = item.label
-            listed.append((source_index, name, item))
-    return listed
-
-
-def _skip_file(plan: Plan, name: str, item: SourceItem, reason: str, variants: list[tuple[str, int | None, str]]) -> None:
-    """Account for a file skipped while planning: once as a file, and once for each sample it would have made."""
-    plan.files.skipped.append({"source": name, "source_id": item.source_id, "path": item.label,
-                               "reason": reason, "samples": len(variants)})
-    for sample_id, g, _ in variants:
-        plan.skipped.append({"id": sample_id, "label": "real" if g is None else "fake", "source": name,
-                             "source_id": item.source_id, "path": item.label, "reason": reason})
-
-
-def make_plan(recipe: Recipe, sources: list[Source], *, check: Checker | None = None) -> Plan:
-    """Every sample of the build, its split and its random choices, in shard order.
-
-    ``check`` decodes the items (see :func:`check_item`); by default one after the other here.
-    Of several items with the same decoded pixels, the first in listing order (sources in recipe
-    order, each source's items in its stable order) is kept and the others are skipped with
-    "duplicate of <the kept one>", so the outcome is the same on every run and every resume.
-    """
-    plan = Plan(samples=[])
-    fractions = recipe.splits.as_dict()
-    chains = recipe.perturbations.chains
-    listed = _list_items(recipe, sources, plan)
-    checks = (check or inline_checker(recipe, sources))([(i, item.ref) for i, _, item in listed])
-    owners: dict[str, tuple[str, SourceItem]] = {}
-    for (source_index, name, item), result in zip(listed, checks):
-        base = f"{name}-{item.source_id}"
-        variants = _variants(recipe, base)
-        reason = result.error
-        if result.digest is not None:
-            owner_name, owner = owners.setdefault(result.digest, (name, item))
-            if owner is not item:
-                where = "" if owner_name == name else f" of source {owner_name!r}"
-                reason = f"duplicate of {owner.label}{where} (same decoded pixels)"
-        if reason is not None:
-            _skip_file(plan, name, item, reason, variants)
-            continue
-        if result.notes:
-            plan.files.converted.append({"source": name, "source_id": item.source_id, "path": item.label,
-                                         "notes": list(result.notes)})
-        split = assign_split(recipe.seed, name, item.split_key, fractions)
-        for sample_id, g, mask_key in variants:
-            chain = None
-            if chains and recipe.perturbations.probability > 0:
-                rng = rng_for(recipe.seed, sample_id, "perturbation-choice")
-                if rng.random() < recipe.perturbations.probability:
-                    chain = int(rng.integers(len(chains)))
-            plan.samples.append(
-                PlannedSample(
-                    sample_id=sample_id, split=split, source_index=source_index,
-                    source_name=name, source_id=item.source_id, ref=item.ref, path=item.label,
-                    generator_index=g, mask_key=mask_key, chain=chain,
-                    seed=derive_seed(recipe.seed, sample_id) & 0x7FFF_FFFF_FFFF_FFFF,
-                )
-            )
-    plan.samples.sort(key=lambda s: (SPLITS.index(s.split), s.sample_id))
-    size = recipe.output.shard_size
-    for split in SPLITS:
-        members = [s for s in plan.samples if s.split == split]
-        total = (len(members) + size - 1) // size
-        for i in range(total):
-            plan.shards.append((shard_name(split, i, total), split, members[i * size : (i + 1) * size]))
-    return plan
-
-
-# -- making one sample (runs in workers) -----------------------------------------------------
-
-
-@dataclass
-class SampleOutcome:
-    sample_id: str
-    row: dict[str, Any] | None
-    skip_reason: str | None
-
-
-class SampleMaker:
-    """Builds the stages of a recipe once per process and turns planned samples into rows."""
-
-    def __init__(self, recipe: Recipe) -> None:
-        from ..perturbations import parse_chain
-
-        self.recipe = recipe
-        self.sources = build_sources(recipe)
-        self.maskers: list[Masker] = [MASKERS.create(m.type, **m.params) for m in recipe.maskers]
-        self.generators: list[Generator] = [GENERATORS.create(g.type, **g.params) for g in recipe.generators]
-        self.chains = [parse_chain(c) for c in recipe.perturbations.chains]
-        self._load = lru_cache(maxsize=4)(self._load_uncached)
-
-    def _load_uncached(self, source_index: int, ref_key: str, ref: Any):
-        # The plan decoded this item already; a failure here means the file changed since.
-        try:
-            raw = self.sources[source_index].load(ref)
-            loaded = load_rgb(raw)
-        except ImageLoadError as exc:
-            return None, str(exc)
-        except OSError as exc:
-            return None, f"cannot read: {exc}"
-        p = self.recipe.preprocess
-        try:
-            return preprocess(loaded, self.recipe.resolution, crop=p.crop, upscale=p.upscale,
-                              interpolation=p.interpolation), None
-        except ImageLoadError as exc:
-            return None, str(exc)
-
-    def make(self, sample: PlannedSample) -> SampleOutcome:
-        recipe = self.recipe
-        loaded, error = self._load(sample.source_index, repr(sample.ref), sample.ref)
-        if loaded is None:
-            return SampleOutcome(sample.sample_id, None, error)
-        image = loaded.array
-        mask = np.zeros(image.shape[:2], dtype=np.uint8)
-        generator_label, generator_config, masker_label, parts = "real", "{}", "", []
-        try:
-            if sample.generator_index is not None:
-                weights = [m.weight for m in recipe.maskers]
-                m = _choose(rng_for(recipe.seed, sample.mask_key, "masker"), weights)
-                result = self.maskers[m](image, rng_for(recipe.seed, sample.mask_key, "mask"))
-                mask = result.mask
-                parts = list(result.parts)
-                masker_label = recipe.maskers[m].label
-                generator = self.generators[sample.generator_index]
-                image = generator.inpaint(image, mask, rng_for(recipe.seed, sample.sample_id, "generator"))
-                generator_label = recipe.generators[sample.generator_index].label
-                generator_config = json.dumps(
-                    {"type": recipe.generators[sample.generator_index].type, **generator.config(),
-                     "masker": {"type": recipe.maskers[m].type, **self.maskers[m].config(), **result.info}},
-                    sort_keys=True, default=str,
-                )
-            chain_spec: list[dict[str, Any]] = []
-            if sample.chain is not None:
-                chain = self.chains[sample.chain]
-                image, mask = chain.apply(image, mask, rng_for(recipe.seed, sample.sample_id, "perturbation"))
-                chain_spec = chain.spec()
-        except SkipSample as exc:
-            return SampleOutcome(sample.sample_id, None, str(exc))
-        level = recipe.output.png_compress_level
-        row = {
-            "id": sample.sample_id,
-            "image": {"bytes": encode_png(np.ascontiguousarray(image), level), "path": None},
-            "mask": {"bytes": encode_png(np.ascontiguousarray(mask), level), "path": None},
-            "label": REAL if sample.generator_index is None else FAKE,
-            "source": sample.source_name,
-            "source_id": sample.source_id,
-            "generator": generator_label,
-            "generator_config": generator_config,
-            "masker": masker_label,
-            "parts": parts,
-            "perturbations": json.dumps(chain_spec, sort_keys=True),
-            "seed": sample.seed,
-            "split": sample.split,
-        }
-        return SampleOutcome(sample.sample_id, row, None)
-
-
-_WORKER: SampleMaker | None = None
-
-
-def _init_worker(recipe_json: str) -> None:
-    """Set up a pool process. It ignores SIGINT: Ctrl-C is the main process's to handle (one
-    message, shards kept), and a worker that died of it would only print a traceback."""
-    global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    _WORKER = SampleMaker(Recipe.model_validate_json(recipe_json))
-
-
-def _make_in_worker(sample: PlannedSample) -> SampleOutcome:
-    assert _WORKER is not None
-    return _WORKER.make(sample)
-
-
-def _check_in_worker(job: tuple[int, Any]) -> ItemCheck:
-    assert _WORKER is not None
-    source_index, ref = job
-    return check_item(_WORKER.sources[source_index], ref, _WORKER.recipe)
-
-
-def _open_pool(recipe: Recipe, workers: int) -> ProcessPoolExecutor | None:
-    """The worker pool of a build, or None to work in this process (``workers <= 1``)."""
-    if workers <= 1:
-        return None
-    # forkserver: workers fork from a clean server that imported the pipeline once, not from
-    # this process and its threads (progress bar), and without spawn's per-worker imports.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dolos_bench.builder.pipeline"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(recipe.model_dump_json(),))
-
-
-def _checker(recipe: Recipe, sources: list[Source], pool: ProcessPoolExecutor | None) -> Checker:
-    if pool is None:
-        return inline_checker(recipe, sources)
-    return lambda refs: pool.map(_check_in_worker, refs, chunksize=8)
-
-
-def _outcomes(recipe: Recipe, samples: list[PlannedSample], pool: ProcessPoolExecutor | None) -> Iterator[SampleOutcome]:
-    """Outcomes in plan order, made inline or by the pool."""
-    if pool is None:
-        maker = SampleMaker(recipe)
-        for sample in samples:
-            yield maker.make(sample)
+def _made(recipe: Recipe, cpu: Pool, inpainters: dict[int, Pool], jobs: list[ShardJob]) -> Iterator[ShardDone]:
+    """Finished shards in plan order: made whole on the CPU workers, or prepared there, inpainted
+    by each generator's pool in batches, and finished on the CPU workers."""
+    made = cpu.map(jobs, describe=ShardJob.describe, home=ShardJob.home_of)
+    if not inpainters:
+        yield from made
         return
-    yield from pool.map(_make_in_worker, samples, chunksize=2)
+
+    def inpainted() -> Iterator[FinishJob]:
+        for job, prepared in zip(jobs, made):
+            for index, pool in inpainters.items():
+                size = getattr(GENERATORS.get(recipe.generators[index].type), "max_batch", 1)
+                pairs = inpaint_batches(recipe, index, prepared, size)
+                results = pool.map([batch for _, batch in pairs], describe=InpaintBatch.describe)
+                for (group, _), result in zip(pairs, results):
+                    fill(recipe, index, group, result)
+            yield FinishJob(job.name, job.split, prepared, job.schema)
+
+    yield from cpu.map(inpainted(), describe=FinishJob.describe)
 
 
 # -- the whole build ---------------------------------------------------------------------------
@@ -380,24 +170,40 @@ def run_build(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     stop_after_shards: int | None = None,
+    inpaint_devices: Sequence[str] | None = None,
+    inpaint_workers: int = 1,
 ) -> BuildReport:
     """Build (or resume) the dataset of ``recipe`` into ``out``.
 
-    ``progress(done, total)`` is called after every sample. ``stop_after_shards`` ends the run
-    early after writing that many new shards; tests use it to simulate an interrupted build.
-    Ctrl-C (KeyboardInterrupt) is turned into :class:`BuildInterrupted` once the workers have
-    stopped, saying how many shards were kept.
+    ``workers`` CPU stage workers check, prepare and finish; every generator runs in them too,
+    unless ``inpaint_devices`` is given: then each generator gets its own pool of
+    ``inpaint_workers`` workers on those devices (round-robin), fed batches by the CPU workers.
+    ``progress(done, total)`` is called for every sample, as its shard is done.
+    ``stop_after_shards`` ends the run early after writing that many new shards; tests use it to
+    simulate an interrupted build. Ctrl-C (KeyboardInterrupt) is turned into
+    :class:`BuildInterrupted` once the workers have stopped, saying how many shards were kept.
     """
     tally = _Tally()
-    pool = _open_pool(recipe, workers)
+    remote = inpaint_devices is not None
+    local = () if remote else tuple(range(len(recipe.generators)))
+    setup = StageSetup(recipe.model_dump_json(), os.path.abspath(out), local, KEEP_BYTES // max(1, workers))
     try:
-        return _build(recipe, out, pool, tally, overwrite=overwrite, progress=progress,
-                      stop_after_shards=stop_after_shards)
+        with ExitStack() as stack:
+            cpu = stack.enter_context(engine_for(workers, preload=PRELOAD).start(WorkerPlan(CpuStages, setup, workers)))
+
+            def open_inpainters() -> dict[int, Pool]:
+                if not remote:
+                    return {}
+                engine = engine_for(inpaint_workers, preload=PRELOAD)
+                return {g: stack.enter_context(engine.start(WorkerPlan(
+                            InpaintStage, InpaintSetup(setup.recipe_json, g), inpaint_workers,
+                            tuple(inpaint_devices or ()) or ("cpu",))))
+                        for g in range(len(recipe.generators))}
+
+            return _build(recipe, out, cpu, open_inpainters, tally, overwrite=overwrite, progress=progress,
+                          stop_after_shards=stop_after_shards)
     except KeyboardInterrupt:
         raise BuildInterrupted(_interrupted_message(tally), out=out, kept=tally.kept, total=tally.total) from None
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _interrupted_message(tally: _Tally) -> str:
@@ -409,7 +215,8 @@ def _interrupted_message(tally: _Tally) -> str:
 def _build(
     recipe: Recipe,
     out: Path,
-    pool: ProcessPoolExecutor | None,
+    cpu: Pool,
+    open_inpainters: Callable[[], dict[int, Pool]],
     tally: _Tally,
     *,
     overwrite: bool,
@@ -419,8 +226,9 @@ def _build(
     from .manifest import build_card, build_manifest
 
     start = time.perf_counter()
+    schema = _schema_soon()
     sources = build_sources(recipe)
-    plan = make_plan(recipe, sources, check=_checker(recipe, sources, pool))
+    plan = make_plan(recipe, sources, check=_checker(recipe, cpu))
     folder = DatasetFolder(out)
     folder.prepare(recipe.sha256(), [name for name, _, _ in plan.shards], overwrite=overwrite)
 
@@ -441,30 +249,23 @@ def _build(
 
     written = 0
     if pending:
-        outcomes = _outcomes(recipe, [s for _, _, members in pending for s in members], pool)
+        inpainters = open_inpainters()
+        jobs = _shard_jobs(plan, pending, whole=not inpainters, schema=schema.result())
+        finished = _made(recipe, cpu, inpainters, jobs)
         try:
-            for name, split, members in pending:
-                rows, skipped = [], []
-                for sample in members:
-                    outcome = next(outcomes)
-                    assert outcome.sample_id == sample.sample_id
-                    if outcome.row is not None:
-                        rows.append(outcome.row)
-                    else:
-                        skipped.append({"id": sample.sample_id, "label": _label(sample), "source": sample.source_name,
-                                        "source_id": sample.source_id, "path": sample.path,
-                                        "reason": outcome.skip_reason or ""})
+            for (name, split, members), shard in zip(pending, finished):
+                for _ in members:
                     done += 1
                     if progress:
                         progress(done, total)
-                records[name] = folder.write_shard(name, split, rows, skipped, [])
+                records[name] = folder.commit_shard(name, split, shard.staged, shard.skipped, [])
                 written += 1
                 tally.kept += 1
                 if stop_after_shards is not None and written >= stop_after_shards and written < len(pending):
                     raise BuildInterrupted(f"stopped after {written} new shard(s) as asked", out=out,
                                            kept=tally.kept, total=tally.total)
         finally:
-            outcomes.close()  # cancels the samples still queued in the pool
+            finished.close()  # cancels the shards still queued on the workers
 
     shard_records = [records[name] for name, _, _ in plan.shards]
     failed = [s for r in shard_records for s in r.skipped]
@@ -473,7 +274,3 @@ def _build(
     folder.finish(manifest, build_card(recipe, manifest))
     return BuildReport(out, shard_records, skipped, manifest["counts"], time.perf_counter() - start, resumed,
                        plan.files, failed, list(manifest["warnings"]))
-
-
-def _label(sample: PlannedSample) -> str:
-    return "real" if sample.generator_index is None else "fake"

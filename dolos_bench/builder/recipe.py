@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..config import ConfigError, Strict, apply_collecting, attribute_overrides, read_yaml, validate_collecting
 from ..config import apply_overrides as _apply_overrides
 from ..registry import GENERATORS, MASKERS, SOURCES, Registry, did_you_mean
+from ..stage import install_hint
 
 
 class RecipeError(ConfigError):
@@ -138,33 +139,55 @@ class Recipe(Strict):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
+def _accepted(factory: object) -> list[str] | None:
+    """The parameter names a stage takes: its ``Config`` fields, else its signature; None = anything."""
+    config = getattr(factory, "Config", None)
+    if inspect.isclass(config) and issubclass(config, BaseModel):
+        return list(config.model_fields)
+    try:
+        signature = inspect.signature(factory)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return [n for n, p in signature.parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+
 def _stage_problems(spec: StageSpec, registry: Registry, path: str) -> list[tuple[str, str]]:
-    """Check a stage's type and constructor arguments by building it (cheap: heavy loads are lazy)."""
+    """Check a stage's type, its optional packages and its parameters, without constructing it.
+
+    Parameters are validated by the stage's ``Config``; a stage without one (an outside plug-in)
+    has its signature checked instead (unknown and missing arguments), so that validating a
+    recipe never loads a model.
+    """
     try:
         factory = registry.get(spec.type)
     except KeyError as exc:
         return [(f"{path}.type", str(exc))]
     except ImportError as exc:
         return [(f"{path}.type", f"{registry.kind} {spec.type!r} cannot be loaded: {exc}")]
+    hint = install_hint(factory)
+    if hint is not None:
+        return [(path, f"{registry.kind} {spec.type!r} {hint}")]
     params = spec.params
+    accepted = _accepted(factory)
+    unknown = [k for k in params if accepted is not None and k not in accepted]
+    if unknown:
+        return [
+            (f"{path}.{k}", f"{registry.kind} {spec.type!r} takes no argument {k!r}.{did_you_mean(k, accepted or [])}"
+             f" It takes: {', '.join(accepted or []) or '(nothing)'}")
+            for k in unknown
+        ]
+    check = getattr(factory, "check_params", None)
+    if getattr(factory, "Config", None) is not None and callable(check):
+        try:
+            _, problems = check(params)
+        except (OSError, ImportError) as exc:  # a validator that looked at a file or a package
+            return [(path, f"{registry.kind} {spec.type!r}: {exc}")]
+        return [(path, f"{registry.kind} {spec.type!r}: {message}") for _, message in problems]
     try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None
-    if signature is not None and not any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
-    ):
-        accepted = [n for n, p in signature.parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-        unknown = [k for k in params if k not in accepted]
-        if unknown:
-            return [
-                (f"{path}.{k}", f"{registry.kind} {spec.type!r} takes no argument {k!r}.{did_you_mean(k, accepted)}"
-                 f" It takes: {', '.join(accepted) or '(nothing)'}")
-                for k in unknown
-            ]
-    try:
-        factory(**params)
-    except (TypeError, ValueError, OSError, ImportError) as exc:
+        inspect.signature(factory).bind(**params)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
         return [(path, f"{registry.kind} {spec.type!r}: {exc}")]
     return []
 
@@ -199,7 +222,7 @@ def validate_recipe_data(data: Any, origin: str = "recipe") -> Recipe:
     for i, chain in enumerate(chains if isinstance(chains, list) else []):
         try:
             parse_chain(chain)
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, ImportError) as exc:
             problems.append((f"perturbations.chains.{i}", str(exc)))
     if problems:
         raise RecipeError(problems, origin)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,11 +68,33 @@ class ShardRecord:
     notes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """An Arrow table with the dataset Features embedded, so ``load_dataset`` restores them."""
+def shard_schema() -> pa.Schema:
+    """The Arrow schema of a shard, with the dataset Features in its metadata (imports `datasets`)."""
+    return features().arrow_schema
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
+    """An Arrow table with the dataset Features embedded, so ``load_dataset`` restores them.
+
+    Without ``schema`` the rows go through the Features' encoding (any form `datasets` accepts).
+    With the :func:`shard_schema` a parent computed, the rows must already be in storage form
+    (images as ``{"bytes", "path"}``, labels as ints, as the build makes them): build workers then
+    write shards without importing `datasets`, and the bytes are the same.
+    """
     columns = {name: [row[name] for row in rows] for name in COLUMNS}
-    feats = features()
-    return pa.Table.from_pydict(feats.encode_batch(columns), schema=feats.arrow_schema)
+    if schema is None:
+        feats = features()
+        return pa.Table.from_pydict(feats.encode_batch(columns), schema=feats.arrow_schema)
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+@dataclass(frozen=True)
+class StagedShard:
+    """A shard written and fsynced in the state's tmp folder, waiting for :meth:`DatasetFolder.commit_shard`."""
+
+    path: Path
+    sha256: str
+    rows: int
 
 
 class DatasetFolder:
@@ -195,11 +218,26 @@ class DatasetFolder:
         notes: list[dict[str, Any]],
     ) -> ShardRecord:
         """Write one shard atomically, then its record (the order matters for resume)."""
-        table = rows_to_table(rows)
-        with atomic_path(self.data / file, suffix=".parquet", tmp_dir=self.state / "tmp") as tmp:
+        return self.commit_shard(file, split, self.stage_shard(file, rows), skipped, notes)
+
+    def stage_shard(self, file: str, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> StagedShard:
+        """Write a shard's parquet into the state's tmp folder (what a build worker does).
+
+        The file is complete and fsynced there, but not part of the dataset until the parent
+        commits it: shards enter ``data/`` one by one, in plan order, whichever worker wrote them.
+        """
+        table = rows_to_table(rows, schema)
+        staged = self.state / "tmp" / f"{file}.staged"
+        with atomic_path(staged, suffix=".parquet", tmp_dir=self.state / "tmp") as tmp:
             pq.write_table(table, tmp, compression="zstd", write_statistics=False)
             digest = sha256_file(tmp)
-        record = ShardRecord(file, split, digest, len(rows), skipped, notes)
+        return StagedShard(staged, digest, len(rows))
+
+    def commit_shard(self, file: str, split: str, staged: StagedShard, skipped: list[dict[str, str]],
+                     notes: list[dict[str, Any]]) -> ShardRecord:
+        """Rename a staged shard into ``data/``, then write its record (the order matters for resume)."""
+        os.replace(staged.path, self.data / file)
+        record = ShardRecord(file, split, staged.sha256, staged.rows, skipped, notes)
         atomic_write_json(self.state / "shards" / f"{file}.json", asdict(record))
         return record
 

@@ -29,7 +29,9 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import field_validator
 
+from ..config import Strict
 from ..errors import UserError
 from ..utils.files import atomic_write_bytes, atomic_write_text
 from ..utils.outdir import prepare_output, write_record
@@ -74,15 +76,30 @@ class DolosRealSource(Source):
 
     name = "dolos"
 
+    class Config(Strict):
+        path: str
+        split: str = "all"
+        licence: str | None = None
+
+        @field_validator("path")
+        @classmethod
+        def _is_a_layout(cls, path: str) -> str:
+            if not (Path(path).expanduser() / "real").is_dir():
+                raise ValueError(f"{Path(path).expanduser()} has no real/ folder (not a Dolos layout)")
+            return path
+
+        @field_validator("split")
+        @classmethod
+        def _known_split(cls, split: str) -> str:
+            allowed = ["all", *DOLOS_SPLITS.values()]
+            if split not in allowed:
+                raise ValueError(f"split must be one of {', '.join(allowed)}, got {split!r}")
+            return split
+
     def __init__(self, path: str, *, split: str = "all", licence: str | None = None) -> None:
+        self.configure(path=path, split=split, licence=licence)
         super().__init__(licence)
         self.root = Path(path).expanduser()
-        if not (self.root / "real").is_dir():
-            raise ValueError(f"dolos source: {self.root} has no real/ folder (not a Dolos layout)")
-        allowed = ["all", *DOLOS_SPLITS.values()]
-        if split not in allowed:
-            raise ValueError(f"dolos source: split must be one of {', '.join(allowed)}, got {split!r}")
-        self.split = split
 
     def items(self) -> Iterator[SourceItem]:
         splits = list(DOLOS_SPLITS.values()) if self.split == "all" else [self.split]
@@ -93,7 +110,7 @@ class DolosRealSource(Source):
     def load(self, ref: str) -> bytes:
         return (self.root / ref).read_bytes()
 
-    def config(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {"path": str(self.root), "split": self.split, "licence": self.licence}
 
 

@@ -13,25 +13,24 @@ item is its own. Split assignment hashes ``(seed, source name, group or source_i
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Annotated, Any, ClassVar, Iterator
 
 import numpy as np
 from PIL import Image
+from pydantic import field_validator, model_validator
+
+from ..config import Strict
+from ..stage import Stage
+from ..utils.numbers import number
+from ..utils.text import slugify
+
+__all__ = ["FolderSource", "HFSource", "IMAGE_EXTENSIONS", "SampleSource", "Source", "SourceItem", "slugify"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def slugify(text: str) -> str:
-    """A file-name-safe id: path separators become ``__``, other odd characters ``_``."""
-    parts = [_UNSAFE.sub("_", p).strip("_") for p in re.split(r"[\\/]+", text) if p]
-    return "__".join(p for p in parts if p) or "_"
 
 
 @dataclass(frozen=True)
@@ -54,13 +53,17 @@ class SourceItem:
         return self.path if self.path is not None else self.source_id
 
 
-class Source(ABC):
+class Source(Stage, ABC):
     """A collection of real images with stable ids."""
 
     name: ClassVar[str] = "source"
     default_licence: ClassVar[str] = "unknown"
     # A sentence the dataset card prints about this source (e.g. "a smoke-test set"); "" for none.
     card_note: ClassVar[str] = ""
+
+    @classmethod
+    def label(cls) -> str:
+        return f"{cls.name} source"  # "folder source: /x is not a directory"
 
     def __init__(self, licence: str | None = None) -> None:
         self.licence = licence or self.default_licence
@@ -77,14 +80,31 @@ class Source(ABC):
         """``(relative path, reason)`` of files the source saw but does not read, for the manifest."""
         return iter(())
 
-    def config(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {"licence": self.licence}
+
+    def config(self) -> dict[str, Any]:
+        """Deprecated alias of :meth:`identity`."""
+        return self.identity()
 
 
 class FolderSource(Source):
     """Any folder tree of images; ids come from the relative path without extension."""
 
     name = "folder"
+
+    class Config(Strict):
+        path: str
+        extensions: list[str] | None = None
+        recursive: bool = True
+        licence: str | None = None
+
+        @field_validator("path")
+        @classmethod
+        def _is_a_folder(cls, path: str) -> str:
+            if not Path(path).expanduser().is_dir():
+                raise ValueError(f"{Path(path).expanduser()} is not a directory")
+            return path
 
     def __init__(
         self,
@@ -94,12 +114,10 @@ class FolderSource(Source):
         recursive: bool = True,
         licence: str | None = None,
     ) -> None:
+        self.configure(path=path, extensions=extensions, recursive=recursive, licence=licence)
         super().__init__(licence)
         self.root = Path(path).expanduser()
-        if not self.root.is_dir():
-            raise ValueError(f"folder source: {self.root} is not a directory")
         self.extensions = tuple(e.lower() for e in (extensions or IMAGE_EXTENSIONS))
-        self.recursive = recursive
 
     def _files(self) -> list[Path]:
         pattern = "**/*" if self.recursive else "*"
@@ -124,7 +142,7 @@ class FolderSource(Source):
             raise OSError(f"symlink points outside the source folder: {ref}")
         return path.read_bytes()
 
-    def config(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {"path": str(self.root), "licence": self.licence}
 
 
@@ -135,11 +153,9 @@ def _load_hf(path: str, split: str, revision: str | None, image_column: str):
     try:
         ds = datasets.load_dataset(path, split=split, revision=revision)
     except Exception as exc:  # noqa: BLE001 - surface hub/offline errors as a clear message
-        raise ValueError(f"hf source: cannot load dataset {path!r} split {split!r}: {exc}") from exc
+        raise ValueError(f"cannot load dataset {path!r} split {split!r}: {exc}") from exc
     if image_column not in ds.column_names:
-        raise ValueError(
-            f"hf source: no column {image_column!r} in {path!r}; columns: {', '.join(ds.column_names)}"
-        )
+        raise ValueError(f"no column {image_column!r} in {path!r}; columns: {', '.join(ds.column_names)}")
     # Undecoded bytes: our own loader handles odd modes and records conversions.
     if isinstance(ds.features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
@@ -151,6 +167,23 @@ class HFSource(Source):
 
     name = "hf"
 
+    class Config(Strict):
+        path: str
+        split: str = "train"
+        image_column: str = "image"
+        id_column: str | None = None
+        revision: str | None = None
+        licence: str | None = None
+
+        @model_validator(mode="after")
+        def _columns_exist(self):  # noqa: ANN202 - pydantic reads no annotation here
+            # Opening the dataset (cached, once per process) is what tells a typo in a column
+            # name from a real column; it reads no image.
+            dataset = _load_hf(self.path, self.split, self.revision, self.image_column)
+            if self.id_column is not None and self.id_column not in dataset.column_names:
+                raise ValueError(f"no id column {self.id_column!r}; columns: {', '.join(dataset.column_names)}")
+            return self
+
     def __init__(
         self,
         path: str,
@@ -161,14 +194,9 @@ class HFSource(Source):
         revision: str | None = None,
         licence: str | None = None,
     ) -> None:
+        self.configure(path=path, split=split, image_column=image_column, id_column=id_column,
+                       revision=revision, licence=licence)
         super().__init__(licence)
-        self.path, self.split, self.revision = path, split, revision
-        self.image_column, self.id_column = image_column, id_column
-        dataset = self._dataset()  # fail at validation time, not halfway through a build
-        if id_column is not None and id_column not in dataset.column_names:
-            raise ValueError(
-                f"hf source: no id column {id_column!r}; columns: {', '.join(dataset.column_names)}"
-            )
 
     def _dataset(self):
         return _load_hf(self.path, self.split, self.revision, self.image_column)
@@ -195,7 +223,7 @@ class HFSource(Source):
             return value
         raise OSError(f"unsupported image value of type {type(value).__name__}")
 
-    def config(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "split": self.split,
@@ -251,11 +279,16 @@ class SampleSource(Source):
         " about how well a localizer generalises."
     )
 
+    requires: ClassVar[tuple[str, ...]] = ("skimage",)
+    extra: ClassVar[str | None] = "sample"
+
+    class Config(Strict):
+        count: Annotated[int, number(integer=True, lo=1)] = 50
+        licence: str | None = None
+
     def __init__(self, *, count: int = 50, licence: str | None = None) -> None:
+        self.configure(count=count, licence=licence)
         super().__init__(licence)
-        if count < 1:
-            raise ValueError("sample source: count must be >= 1")
-        self.count = count
 
     def items(self) -> Iterator[SourceItem]:
         for k in range(self.count):
@@ -285,6 +318,6 @@ class SampleSource(Source):
             crop = crop[:, ::-1]
         return Image.fromarray(np.ascontiguousarray(crop))
 
-    def config(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {"count": self.count, "licence": self.licence}
 

@@ -6,6 +6,10 @@ batch it is given. An :class:`Engine` starts a set of workers and returns a :cla
 ``map`` yields results in the order of its inputs, whatever finished first: so output bytes never
 depend on how many workers there were. A unit that raises re-raises in the parent as the worker's
 own exception (so a user error stays one), with a note naming the unit.
+
+A unit may name its *home*: the index of the worker that already holds what it needs (an image
+that worker decoded earlier). Engines send it there when that worker has room and otherwise to
+any idle worker, so affinity saves work without ever leaving a worker idle.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class Worker(ABC, Generic[In, Out]):
     Subclasses take ``(spec, device)``: ``spec`` is whatever picklable description the work needs
     (a recipe, a run setup), ``device`` the one this worker owns (``"cpu"``, ``"cuda:1"``).
     """
+
+    index: int = 0  # which worker of its plan this is (set by WorkerPlan.build): what a unit's home names
 
     def __init__(self, spec: Any, device: str) -> None:
         self.spec, self.device = spec, device
@@ -56,7 +62,9 @@ class WorkerPlan:
         if isinstance(factory, str):
             module, _, attr = factory.partition(":")
             factory = getattr(importlib.import_module(module), attr)
-        return factory(self.spec, device_for(self.devices, index))
+        worker = factory(self.spec, device_for(self.devices, index))
+        worker.index = index
+        return worker
 
 
 def device_for(devices: Sequence[str], index: int) -> str:
@@ -64,15 +72,26 @@ def device_for(devices: Sequence[str], index: int) -> str:
     return devices[index % len(devices)] if devices else "cpu"
 
 
+Home = Callable[[Any], "int | None"]
+
+
 class Pool(ABC):
     """Started workers. ``map`` keeps input order; ``imap_unordered`` yields (index, result) as done."""
 
-    @abstractmethod
-    def map(self, units: Iterable[In], *, describe: Callable[[In], str] = repr) -> Iterator[Out]:
-        """Results in the order of ``units``; a failing unit raises its exception in its place."""
+    workers: int = 1
 
     @abstractmethod
-    def imap_unordered(self, units: Sequence[In], *, describe: Callable[[In], str] = repr) -> Iterator[tuple[int, Out]]:
+    def map(self, units: Iterable[In], *, describe: Callable[[In], str] = repr,
+            home: Home | None = None) -> Iterator[Out]:
+        """Results in the order of ``units``; a failing unit raises its exception in its place.
+
+        ``home(unit)`` is the worker index a unit prefers (see the module docstring), or None.
+        Results never depend on where a unit ran, only its cost does.
+        """
+
+    @abstractmethod
+    def imap_unordered(self, units: Sequence[In], *, describe: Callable[[In], str] = repr,
+                       home: Home | None = None) -> Iterator[tuple[int, Out]]:
         """(position in ``units``, result) as units finish; the first failure stops the rest."""
 
 

@@ -24,6 +24,13 @@ How ``bench eval`` builds one -- ``LocalizerClass(device=..., **options)``, all 
 
 ``bench eval my_pkg.models:MyLocalizer`` imports ``my_pkg.models`` with the current folder first on
 the import path, as ``python -m my_pkg.models`` would, so a plug-in needs no install to be scored.
+
+A localizer is a :class:`dolos_bench.stage.Stage` like every other plug-in: it may declare the
+optional packages it ``requires`` and the ``extra`` that brings them (``bench ls localizers`` then
+says when they are missing), a ``licence_note`` for its weights, and a ``setup(device)`` for
+loading that can wait until a worker holds it. All of these are optional: a plug-in written
+against the constructor protocol above keeps working unchanged, and :meth:`Localizer.identity`
+stays what the results file records.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from ..errors import UserError
+from ..stage import Stage
 
 
 class LocalizerError(UserError, RuntimeError):
@@ -48,7 +56,7 @@ class LocalizerOutput:
     scores: list[float] | None = None
 
 
-class Localizer(ABC):
+class Localizer(Stage, ABC):
     """Base class of every localizer, built-in or outside plug-in.
 
     A plug-in with weights typically looks like::

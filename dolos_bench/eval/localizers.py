@@ -27,7 +27,7 @@ import inspect
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -59,6 +59,7 @@ __all__ = [
     "sha256_file",
     "load_localizer",
     "parse_model_args",
+    "resize_input",
     "resolve_device",
     "weights_sha256",
 ]
@@ -205,6 +206,38 @@ def call_localizer(
 
 # -- tensor models: shared pre-/post-processing ----------------------------------------------------
 
+InputKernel = Literal["pil-bilinear", "cv2-area"]
+"""How :func:`resize_input` resamples; each is what one path has always used, so neither path's numbers move."""
+
+
+def resize_input(image: np.ndarray, size: int, kernel: InputKernel) -> np.ndarray:
+    """``image`` (uint8 RGB ``(H, W, 3)``) as the ``size`` x ``size`` square a model declared it takes.
+
+    The one model-input resize, with the kernel named by the caller because two paths use two:
+
+    * ``"pil-bilinear"``: the eval runner (:func:`~dolos_bench.eval.work.score_split`), for every
+      localizer with an ``input_size``, before the model sees the batch: PIL's bilinear, which
+      widens its support when it shrinks (so it antialiases);
+    * ``"cv2-area"``: the TorchScript and ONNX adapters' own, for images handed to ``predict``
+      directly at another size: OpenCV's area average when either side shrinks, bilinear
+      otherwise. Under ``bench eval`` their images arrive at ``size`` already and pass unchanged.
+
+    An image already at ``size`` x ``size`` is returned as it is (both kernels would copy it).
+    """
+    if image.shape[:2] == (size, size):
+        return image
+    if kernel == "pil-bilinear":
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    if kernel == "cv2-area":
+        import cv2
+
+        shrink = image.shape[0] > size or image.shape[1] > size
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    raise ValueError(f"unknown resize kernel {kernel!r}; use one of {InputKernel.__args__}")
+
+
 _MAP_KEYS = ("map", "maps", "mask", "heatmap", "localization", "pred")
 _SCORE_KEYS = ("score", "scores", "image_score", "detection", "label")
 
@@ -250,8 +283,6 @@ class _ArrayModelLocalizer(Localizer):
 
     # -- preprocessing --------------------------------------------------------------------------
     def _prepare(self, images: Sequence[np.ndarray], ids: Sequence[str] | None) -> list[np.ndarray]:
-        import cv2
-
         prepared = []
         for i, img in enumerate(images):
             img = np.asarray(img)
@@ -260,10 +291,8 @@ class _ArrayModelLocalizer(Localizer):
                     f"localizer {self.name!r}: {_where(i, ids)}: image has shape {img.shape} and"
                     f" dtype {img.dtype} [rule: images are uint8 RGB (H, W, 3)]"
                 )
-            s = self.input_size
-            if s is not None and img.shape[:2] != (s, s):
-                shrink = img.shape[0] > s or img.shape[1] > s
-                img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            if self.input_size is not None:
+                img = resize_input(img, self.input_size, "cv2-area")
             prepared.append(img)
         return prepared
 

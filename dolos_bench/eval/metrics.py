@@ -25,6 +25,8 @@ the image's histogram for the pooled metrics (one search of the bin edges; at 25
 
 Conventions (they are also recorded in ``compute()["info"]``)
 -----------------------------------------------------------
+* Names: every name comes from the metric table (:mod:`dolos_bench.metric_specs`), which also
+  gives each metric's direction and interval kind; ``compute`` refers to its rows by template.
 * Threshold rule: ``pred = map >= t`` by default, the comparison done in float32 (what ``map >= t``
   does in numpy for a float32 map), so it matches sklearn's curve convention (a threshold
   admits scores equal to it) and the histogram bin edges. ``strict=True`` gives ``map > t``, which
@@ -66,6 +68,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from dolos_bench.metric_specs import format_threshold, metric_name, metric_names, spec
+
 __all__ = [
     "MetricState",
     "EMPTY_RULE",
@@ -91,35 +95,6 @@ _FLOAT_COLS = (
 _INT_COLS = ("label", "generator", "parts", "perturbation", "source")
 _GROUP_KINDS = ("generator", "parts", "perturbation", "source")
 _FAKE_ONLY_KINDS = ("generator", "parts")
-
-
-def _fmt_t(t: float) -> str:
-    return f"{t:g}"
-
-
-def metric_names(threshold: float = 0.5) -> list[str]:
-    """The headline metric names for a threshold, in the order ``compute()`` reports them."""
-    t = _fmt_t(threshold)
-    names = []
-    for avg in ("mean-of-images", "pooled"):
-        for m in ("iou", "f1", "precision", "recall", "mcc"):
-            names.append(f"pixel/{m}@{t}/{avg}/fakes")
-    names += [
-        "pixel/f1@best/mean-of-images/fakes",
-        "pixel/auc/pooled/all",
-        "pixel/ap/pooled/all",
-        "pixel/auc/pooled/fakes",
-        "pixel/ap/pooled/fakes",
-        "pixel/auc/mean-of-images/fakes",
-        "pixel/ap/mean-of-images/fakes",
-        f"pixel/fp-area@{t}/mean-of-images/reals",
-        "image/auc/all",
-        "image/ap/all",
-        f"image/accuracy@{t}/all",
-        f"image/balanced-accuracy@{t}/all",
-        "image/tpr@fpr0.05/all",
-    ]
-    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,7 +413,7 @@ class MetricState:
         self._ints["source"].append(self._code("source", str(source)))
         self._hash.append(_sample_hash(sample_id))
 
-        t = _fmt_t(self.threshold)
+        t = format_threshold(self.threshold)
 
         def clean(x: float) -> float | None:
             return None if math.isnan(x) else x
@@ -629,7 +604,6 @@ class MetricState:
         ``bootstrap=0`` skips the intervals (``ci95`` is then ``None`` everywhere).
         """
         tab = self._table()
-        t = _fmt_t(self.threshold)
         undefined: dict[str, str] = {}
         lab = tab["label"]
         fakes = lab == 1
@@ -646,23 +620,26 @@ class MetricState:
 
         boot = _Bootstrap(bootstrap, seed)
 
-        def mean_metric(target, prefix, name, values, reason_empty):
+        def mean_metric(target, prefix, template, values, reason_empty):
+            """A mean over images of the table's metric ``template``, with the interval it names."""
+            row = spec(template)
+            name = row.name(self.threshold)
             v = values[~np.isnan(values)]
             if v.size == 0:
                 put(target, prefix, name, None, 0, None, reason_empty)
             else:
-                put(target, prefix, name, float(v.mean()), v.size, boot.mean_ci(prefix + name, v), None)
+                ci = boot.mean_ci(prefix + name, v) if row.interval == "bootstrap" else None
+                put(target, prefix, name, float(v.mean()), v.size, ci, None)
 
-        # --- mean-of-images pixel metrics on fakes
-        for col, m in (("iou", "iou"), ("f1", "f1"), ("precision", "precision"),
-                       ("recall", "recall"), ("mcc", "mcc")):
-            mean_metric(metrics, "", f"pixel/{m}@{t}/mean-of-images/fakes", tab[col][fakes], "no fake images")
+        # --- mean-of-images pixel metrics on fakes (the per-image column has the metric's name)
+        for col in ("iou", "f1", "precision", "recall", "mcc"):
+            mean_metric(metrics, "", f"pixel/{col}@{{t}}/mean-of-images/fakes", tab[col][fakes], "no fake images")
         # --- pooled threshold metrics
         c = self._conf
         pooled = _ratio_metrics(c["tp"], c["fp"], c["fn"], c["tn"])
         n_f = int(fakes.sum())
         for m in ("iou", "f1", "precision", "recall", "mcc"):
-            name = f"pixel/{m}@{t}/pooled/fakes"
+            name = metric_name(f"pixel/{m}@{{t}}/pooled/fakes", self.threshold)
             if n_f == 0:
                 put(metrics, "", name, None, 0, None, "no fake images")
             else:
@@ -680,7 +657,7 @@ class MetricState:
         for m in ("auc", "ap"):
             mean_metric(metrics, "", f"pixel/{m}/mean-of-images/fakes", tab[m][fakes],
                         "no fake image has a mask that is neither empty nor full")
-        mean_metric(metrics, "", f"pixel/fp-area@{t}/mean-of-images/reals", tab["fparea"][reals], "no real images")
+        mean_metric(metrics, "", "pixel/fp-area@{t}/mean-of-images/reals", tab["fparea"][reals], "no real images")
         # --- image level
         self._image_metrics(metrics, "", tab["score"], lab, put, boot, full=True)
 
@@ -717,7 +694,7 @@ class MetricState:
                 res: dict[str, Any] = {}
                 prefix = f"breakdowns/{kind}/{value}/"
                 for col in ("iou", "f1"):
-                    mean_metric(res, prefix, f"pixel/{col}@{t}/mean-of-images/fakes", tab[col][g_fake], "no fake images")
+                    mean_metric(res, prefix, f"pixel/{col}@{{t}}/mean-of-images/fakes", tab[col][g_fake], "no fake images")
                 self._pooled_auc_ap(res, prefix, "fakes", fake_keys, int(g_fake.sum()), put, None, only_auc=True)
                 self._pooled_auc_ap(res, prefix, "all", all_keys, int(g_img.sum()), put, None, only_auc=True)
                 self._image_metrics(res, prefix, tab["score"][g_img], lab[g_img], put, boot, full=False)
@@ -771,7 +748,7 @@ class MetricState:
 
     def _pooled_auc_ap(self, target, prefix, which, keys, n_img, put, bound, only_auc=False) -> None:
         pc = self._pool_counts(keys)
-        names = [f"pixel/auc/pooled/{which}"] + ([] if only_auc else [f"pixel/ap/pooled/{which}"])
+        names = [metric_name(f"pixel/{m}/pooled/{which}") for m in (("auc",) if only_auc else ("auc", "ap"))]
         if pc is None or n_img == 0:
             for name in names:
                 put(target, prefix, name, None, 0, None, "no images")
@@ -790,19 +767,21 @@ class MetricState:
                 bound[which] = float(0.5 * np.dot(pos.astype(np.float64), neg) / (npos * nneg))
 
     def _image_metrics(self, target, prefix, scores, labels, put, boot, full: bool) -> None:
-        t = _fmt_t(self.threshold)
+        t = self.threshold
         r = binary_image_metrics(scores, labels, self.threshold, self.strict)
         n = int(scores.size)
         one_class = "needs both real and fake images"
         ci_auc, ci_ap = (None, None)
-        if r["auc"] is not None:
+        # AUC and AP share one stratified resampling of the images (the table says so for both).
+        if r["auc"] is not None and spec("image/auc/all").interval == "stratified-bootstrap":
             ci_auc, ci_ap = boot.image_ci(prefix + "image", scores, labels)
-        put(target, prefix, "image/auc/all", r["auc"], n, ci_auc, one_class)
-        put(target, prefix, "image/ap/all", r["ap"], n, ci_ap, one_class)
+        put(target, prefix, metric_name("image/auc/all"), r["auc"], n, ci_auc, one_class)
+        put(target, prefix, metric_name("image/ap/all"), r["ap"], n, ci_ap, one_class)
         if full:
-            put(target, prefix, f"image/accuracy@{t}/all", r["accuracy"], n, None, "no images")
-            put(target, prefix, f"image/balanced-accuracy@{t}/all", r["balanced_accuracy"], n, None, one_class)
-            put(target, prefix, "image/tpr@fpr0.05/all", r["tpr@fpr0.05"], n, None, one_class)
+            put(target, prefix, metric_name("image/accuracy@{t}/all", t), r["accuracy"], n, None, "no images")
+            put(target, prefix, metric_name("image/balanced-accuracy@{t}/all", t), r["balanced_accuracy"], n, None,
+                one_class)
+            put(target, prefix, metric_name("image/tpr@fpr0.05/all"), r["tpr@fpr0.05"], n, None, one_class)
 
 
 def _curve_metrics(keys: np.ndarray, pidx: np.ndarray) -> tuple[float, float, float]:

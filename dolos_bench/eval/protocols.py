@@ -35,6 +35,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from dolos_bench.eval.metrics import MetricState, binary_image_metrics
+from dolos_bench.metric_specs import metric_name
 
 __all__ = [
     "Protocol",
@@ -115,7 +116,8 @@ PROTOCOLS: dict[str, Protocol] = {
         interpolation="pil-bicubic",
         localization_on="fakes",
         image_score_rule="mean",
-        extras=("dolos/localization/iou@0.5x100", "dolos/detection/ap x100 (mean, 2std)"),
+        extras=(metric_name("dolos/localization/iou@{t}x100", 0.5),
+                f"{metric_name('dolos/detection/ap')} x100 (mean, 2std)"),
     ),
 }
 
@@ -255,13 +257,15 @@ def dolos_results(state: MetricState, seed: int = 1337, repeats: int = 5) -> dic
     cfg = state.config()
     if not cfg["strict"] or cfg["threshold"] != 0.5:
         raise ValueError("dolos_results needs a state built by the dolos protocol (map > 0.5)")
-    iou = state.compute(bootstrap=0)["metrics"]["pixel/iou@0.5/mean-of-images/fakes"]["value"]
+    t = cfg["threshold"]
+    iou = state.compute(bootstrap=0)["metrics"][metric_name("pixel/iou@{t}/mean-of-images/fakes", t)]["value"]
     scores, labels = state.image_scores()
+    ap_name = metric_name("dolos/detection/ap")
     out: dict[str, Any] = {
-        "dolos/localization/iou@0.5x100": None if iou is None else 100.0 * iou,
-        "dolos/detection/ap": None,
+        metric_name("dolos/localization/iou@{t}x100", t): None if iou is None else 100.0 * iou,
+        ap_name: None,
     }
     if labels.any() and (~labels).any():
         mean, two_std, per = dolos_detection_ap(scores[~labels], scores[labels], seed, repeats)
-        out["dolos/detection/ap"] = {"mean": mean, "2std": two_std, "per_repeat": per}
+        out[ap_name] = {"mean": mean, "2std": two_std, "per_repeat": per}
     return out

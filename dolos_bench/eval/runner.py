@@ -38,7 +38,8 @@ from .protocols import Protocol, dolos_results, get_protocol
 from ..results import (
     Counts, DatasetInfo, Metric, ModelInfo, ProtocolInfo, Results, collect_provenance, save_results,
 )
-from .work import Checkpoints, Interruption, RunInterrupted, RunSetup, WorkUnit, run_key, run_units, score_split
+from .config import ScoringConfig
+from .work import Interruption, RunInterrupted, RunSetup, ScoringWorker, WorkUnit, run_key, run_units, score_split
 
 
 @dataclass
@@ -146,82 +147,69 @@ def _publish(results: Results, out: Path, samples_path: Path, parts: list[Path])
         raise
 
 
+EVAL_BOOTSTRAP = 1000
+"""Bootstrap resamples when the config leaves ``bootstrap`` unset (``bench eval --bootstrap``'s default)."""
+
+
 def run_eval(
-    model: str,
-    data: str,
+    config: ScoringConfig,
     *,
-    split: str = "test",
-    protocol: str = "default",
-    device: str = "cpu",
-    batch_size: int = 16,
-    limit: int | None = None,
     out: Path | None = None,
-    model_args: Mapping[str, Any] | None = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    exact: bool = False,
-    workers: int = 1,
-    chunk_size: int = 1024,
     progress: Callable[[int, int], None] | None = None,
     stop_after_chunks: int | None = None,
     command: str | None = None,
 ) -> EvalOutput:
-    """Score ``model`` on one split; with ``out``, write the results JSON and per-sample JSONL.
+    """Score ``config.model`` on one split; with ``out``, write the results JSON and per-sample JSONL.
 
-    The split is scored in chunks of ``chunk_size`` samples whose metric states are merged. With
-    ``out``, every finished chunk is checkpointed in ``.<out name>.eval/`` beside it, so a run
-    that was interrupted resumes with the chunks it had; ``workers`` > 1 scores chunks in that
-    many processes (each loads its own copy of the model). Neither changes a single number.
-    ``stop_after_chunks`` raises :class:`EvalInterrupted` after that many new chunks, as Ctrl-C
-    (``KeyboardInterrupt``) does at any point; its message names the checkpointed chunks and
-    ``command`` (default: this process's command line) as the way to resume.
+    The split is scored in chunks of ``config.chunk_size`` samples whose metric states are
+    merged. With ``out``, every finished chunk is checkpointed in ``.<out name>.eval/`` beside
+    it, so a run that was interrupted resumes with the chunks it had; ``config.workers`` > 1
+    scores chunks in that many processes (each loads its own copy of the model, on its own GPU
+    with ``device="cuda"``). Neither changes a single number. ``stop_after_chunks`` raises
+    :class:`EvalInterrupted` after that many new chunks, as Ctrl-C (``KeyboardInterrupt``) does
+    at any point; its message names the checkpointed chunks and ``command`` (default: this
+    process's command line) as the way to resume.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    proto = get_protocol(protocol, exact=exact)
+    proto = get_protocol(config.protocol, exact=config.exact)
     command = command or shlex.join(sys.argv)
     interruption = Interruption("chunk", "chunks", command, keeps_checkpoints=out is not None)
     try:
-        return _run_eval(model, data, proto, interruption, split=split, protocol=protocol, device=device,
-                         batch_size=batch_size, limit=limit, out=out, model_args=model_args, bootstrap=bootstrap,
-                         seed=seed, exact=exact, workers=workers, chunk_size=chunk_size, progress=progress,
-                         stop_after_chunks=stop_after_chunks)
+        return _run_eval(config, proto, interruption, out=out, progress=progress, stop_after_chunks=stop_after_chunks)
     except (KeyboardInterrupt, RunInterrupted):
         raise EvalInterrupted(interruption.message()) from None
 
 
-def _run_eval(model: str, data: str, proto: Protocol, interruption: Interruption, *, split: str, protocol: str,
-              device: str, batch_size: int, limit: int | None, out: Path | None,
-              model_args: Mapping[str, Any] | None, bootstrap: int, seed: int, exact: bool, workers: int,
-              chunk_size: int, progress: Callable[[int, int], None] | None,
-              stop_after_chunks: int | None) -> EvalOutput:
+def _run_eval(config: ScoringConfig, proto: Protocol, interruption: Interruption, *, out: Path | None,
+              progress: Callable[[int, int], None] | None, stop_after_chunks: int | None) -> EvalOutput:
     """:func:`run_eval` once its arguments are checked; fills ``interruption`` as it goes."""
     start = time.perf_counter()
-    ds, split_samples = open_scored_split(data, split, limit)
+    data, split = config.data, config.split
+    ds, split_samples = open_scored_split(data, split, config.limit)
     ids = ds.column("id")
-    localizer = load_localizer(model, device=device, options=dict(model_args or {}))
+    localizer = load_localizer(config.model, device=config.device, options=dict(config.options))
     if isinstance(localizer, PredictionsLocalizer):  # every bad file named before scoring starts
         localizer.validate(ids, deep=True, split=split, splits=lambda: dataset_split_ids(data, split))
-    info_model = model_info(localizer, model, model_args)
+    info_model = model_info(localizer, config.model, config.options)
     info_data = dataset_info(data, split, ds, ids, split_samples)
     key = run_key(info_model, info_data.fingerprint, proto)
-    checkpoints = Checkpoints(out.parent / f".{out.name}.eval", key) if out is not None else None
-    setup = RunSetup(model=model, data=str(data), split=split, limit=limit, device=device,
-                     options=dict(model_args or {}), protocol=protocol, batch_size=batch_size, exact=exact,
-                     checkpoint_folder=str(checkpoints.folder) if checkpoints else None, run_key=key)
+    folder = out.parent / f".{out.name}.eval" if out is not None else None
+    setup = RunSetup(config, checkpoint_folder=str(folder) if folder else None, run_key=key)
+    worker = ScoringWorker(setup, config.device, localizer=localizer, ds=ds)
+    checkpoints = worker.checkpoints
+    chunk_size = config.chunk_size
     units = [WorkUnit(i, f"chunk {i + 1}", begin, min(begin + chunk_size, len(ids)), keep_records=out is not None)
              for i, begin in enumerate(range(0, len(ids), chunk_size))]
     interruption.units, interruption.checkpoints = units, checkpoints
     load_s = time.perf_counter() - start
     t0 = time.perf_counter()
-    states, resumed = run_units(units, setup, localizer=localizer, ds=ds, proto=proto, checkpoints=checkpoints,
-                                workers=workers, stop_after=stop_after_chunks,
+    states, resumed = run_units(units, worker, stop_after=stop_after_chunks,
                                 progress=(lambda d, t, _label: progress(d, t)) if progress else None)
     state = proto.make_state()
     for unit in units:
         state.merge(states[unit.index])
     predict_s = time.perf_counter() - t0
-    computed = state.compute(bootstrap=bootstrap, seed=seed)
+    seed = config.seed
+    computed = state.compute(bootstrap=config.bootstrap_or(EVAL_BOOTSTRAP), seed=seed)
     info = dict(computed.get("info", {}))
     if proto.name == "dolos":
         info["dolos"] = dolos_results(state)
@@ -249,5 +237,5 @@ def _run_eval(model: str, data: str, proto: Protocol, interruption: Interruption
 
 __all__ = [
     "run_eval", "open_split", "open_scored_split", "dataset_info", "data_notes", "score_split", "EvalInterrupted", "EvalOutput",
-    "LocalizerError",
+    "LocalizerError", "ScoringConfig",
 ]

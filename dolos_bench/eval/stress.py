@@ -36,19 +36,22 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..utils.text import slugify
 from dolos_bench.registry import did_you_mean
 
 from .localizers import load_localizer
 from .protocols import Protocol, get_protocol
+from ..metric_specs import higher_is_better, metric_names
 from ..results import (
     PerturbationSpec, Results, StressInfo, StressPoint, StressSummary,
-    collect_provenance, higher_is_better, save_results,
+    collect_provenance, save_results,
 )
 from .runner import (
     breakdowns_of, counts_of, dataset_info, metrics_of, model_info, open_scored_split, protocol_info,
 )
 from .suite import GridPoint, Suite, expand, load_suite
-from .work import Checkpoints, Interruption, RunInterrupted, RunSetup, WorkUnit, run_key, run_units
+from .config import ScoringConfig
+from .work import Interruption, RunInterrupted, RunSetup, ScoringWorker, WorkUnit, run_key, run_units
 
 
 CurvePlotter = Callable[..., Mapping[str, Path]]
@@ -119,7 +122,7 @@ def summarize(clean: float | None, severities: Sequence[float | str], values: Se
 
 
 def _slug(metric: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in metric).strip("-")
+    return slugify(metric, keep="-.", fill="-", squeeze=False, empty="", paths=False)
 
 
 def plot_stem(out: Path, metric: str) -> Path:
@@ -127,37 +130,31 @@ def plot_stem(out: Path, metric: str) -> Path:
     return out.with_name(f"{out.stem}.curves.{_slug(metric)}")
 
 
+STRESS_BOOTSTRAP = 200
+"""Bootstrap resamples per grid point when the config leaves ``bootstrap`` unset (``bench stress``'s default)."""
+
+
 def run_stress(
-    model: str,
-    data: str,
+    config: ScoringConfig,
     *,
     suite: str | Path | Suite = "default",
     out: Path,
-    split: str = "test",
-    protocol: str = "default",
-    device: str = "cpu",
-    batch_size: int = 16,
-    limit: int | None = None,
-    model_args: Mapping[str, Any] | None = None,
     only: list[str] | None = None,
     metric: str | None = None,
-    bootstrap: int = 200,
-    seed: int = 0,
-    exact: bool = False,
     plots: CurvePlotter | None = None,
-    workers: int = 1,
     progress: Callable[[int, int, str], None] | None = None,
     stop_after_points: int | None = None,
     command: str | None = None,
 ) -> StressOutput:
-    """Score ``model`` on the clean split and on every point of ``suite``; write one results file.
+    """Score ``config.model`` on the clean split and on every point of ``suite``; write one results file.
 
     ``progress(done, total, label)`` counts samples over the whole sweep. ``stop_after_points``
     raises :class:`StressInterrupted` after that many points were scored in this call (the
     checkpoints stay), to test and time resuming, as Ctrl-C does at any point; its message
     names the checkpointed points and ``command`` (default: this process's command line) as the
-    way to resume. ``workers`` > 1 scores grid points in that many processes, each with its own
-    copy of the model (mind GPU memory with ``device="cuda"``); the numbers do not depend on it.
+    way to resume. ``config.workers`` > 1 scores grid points in that many processes, each with its
+    own copy of the model (``device="cuda"`` puts worker ``i`` on GPU ``i``; mind GPU memory with more
+    workers than GPUs); the numbers do not depend on it. ``config.chunk_size`` is not used here.
     ``plots`` draws the robustness curves beside ``out`` (the CLI passes
     :func:`dolos_bench.report.plots.robustness_curves`); without it none are drawn.
     """
@@ -167,20 +164,18 @@ def run_stress(
         suite_obj, suite_file = load_suite(suite)
     headline = metric or suite_obj.metric
     if metric is not None:
-        known = metrics_known(protocol)
+        known = metrics_known(config.protocol)
         if metric not in known:
             raise StressError(f"unknown metric {metric!r}.{did_you_mean(metric, known)}")
         if not higher_is_better(metric):
             raise StressError(f"{metric!r} is lower-is-better; the stress summary needs a higher-is-better metric")
     grid = expand(suite_obj, only)
-    proto = get_protocol(protocol, exact=exact)
+    proto = get_protocol(config.protocol, exact=config.exact)
     out = Path(out)
     if out.suffix != ".json":
         raise StressError(f"--out must name a .json results file, got {out}")
-    sweep = _Sweep(model=model, data=data, proto=proto, suite=suite_obj, suite_file=suite_file, grid=grid, headline=headline,
-                   out=out, split=split, protocol=protocol, device=device, batch_size=batch_size, limit=limit,
-                   model_args=dict(model_args or {}), only=list(only or []), bootstrap=bootstrap, seed=seed,
-                   exact=exact, plots=plots, workers=workers,
+    sweep = _Sweep(config=config, proto=proto, suite=suite_obj, suite_file=suite_file, grid=grid, headline=headline,
+                   out=out, only=list(only or []), plots=plots,
                    interruption=Interruption("point", "points of the sweep", command or shlex.join(sys.argv)))
     try:
         return sweep.run(progress, stop_after_points)
@@ -192,65 +187,58 @@ def run_stress(
 class _Sweep:
     """One checked ``run_stress`` call: scores the units, then summarises, plots and writes."""
 
-    model: str
-    data: str
+    config: ScoringConfig
     proto: Protocol
     suite: Suite
     suite_file: Path | None
     grid: list[GridPoint]
     headline: str
     out: Path
-    split: str
-    protocol: str
-    device: str
-    batch_size: int
-    limit: int | None
-    model_args: dict[str, Any]
     only: list[str]
-    bootstrap: int
-    seed: int
-    exact: bool
     plots: "CurvePlotter | None"
-    workers: int
     interruption: Interruption
+
+    @property
+    def bootstrap(self) -> int:
+        return self.config.bootstrap_or(STRESS_BOOTSTRAP)
 
     def run(self, progress: Callable[[int, int, str], None] | None, stop_after: int | None) -> StressOutput:
         start = time.perf_counter()
         proto = self.proto
-        ds, split_samples = open_scored_split(self.data, self.split, self.limit)
+        config = self.config
+        ds, split_samples = open_scored_split(config.data, config.split, config.limit)
         ids = ds.column("id")
-        localizer = load_localizer(self.model, device=self.device, options=self.model_args)
+        localizer = load_localizer(config.model, device=config.device, options=dict(config.options))
         identity = localizer.identity()
         if identity.get("kind") == "predictions":
             raise StressError(
-                f"{self.model}: a folder of precomputed predictions cannot be stress-tested -- its maps do not "
+                f"{config.model}: a folder of precomputed predictions cannot be stress-tested -- its maps do not "
                 "change when the images are perturbed. Pass the model itself (registered name, "
                 "module:Class, TorchScript or ONNX file)."
             )
-        info_model = model_info(localizer, self.model, self.model_args)
-        info_data = dataset_info(self.data, self.split, ds, ids, split_samples)
+        info_model = model_info(localizer, config.model, config.options)
+        info_data = dataset_info(config.data, config.split, ds, ids, split_samples)
         n = len(ids)
         key = run_key(info_model, info_data.fingerprint, proto, suite_seed=self.suite.seed)
-        checkpoints = Checkpoints(self.out.parent / f".{self.out.name}.stress", key)
-        setup = RunSetup(model=self.model, data=str(self.data), split=self.split, limit=self.limit,
-                         device=self.device, options=self.model_args, protocol=self.protocol,
-                         batch_size=self.batch_size, exact=self.exact, chain_seed=self.suite.seed,
-                         checkpoint_folder=str(checkpoints.folder), run_key=key)
+        setup = RunSetup(config, chain_seed=self.suite.seed,
+                         checkpoint_folder=str(self.out.parent / f".{self.out.name}.stress"), run_key=key)
+        worker = ScoringWorker(setup, config.device, localizer=localizer, ds=ds)
+        checkpoints = worker.checkpoints
+        assert checkpoints is not None
         units = [WorkUnit(0, "clean", 0, n)] + [
-            WorkUnit(i, p.key, 0, n, tuple(p.chain.spec())) for i, p in enumerate(self.grid, start=1)
+            WorkUnit(i, p.key, 0, n, tuple(p.chain.identity())) for i, p in enumerate(self.grid, start=1)
         ]
         self.interruption.units, self.interruption.checkpoints = units, checkpoints
         load_s = time.perf_counter() - start
         t0 = time.perf_counter()
-        states, resumed = run_units(units, setup, localizer=localizer, ds=ds, proto=proto, checkpoints=checkpoints,
-                                    workers=self.workers, progress=progress, stop_after=stop_after)
+        states, resumed = run_units(units, worker, progress=progress, stop_after=stop_after)
         predict_s = time.perf_counter() - t0
 
-        clean = states[0].compute(bootstrap=self.bootstrap, seed=self.seed)
+        clean = states[0].compute(bootstrap=self.bootstrap, seed=config.seed)
         points = [
             StressPoint(perturbation=point.perturbation, severity=point.severity,
-                        spec=[PerturbationSpec(**s) for s in point.chain.spec()],
-                        metrics=metrics_of(states[index].compute(bootstrap=self.bootstrap, seed=self.seed)))
+                        spec=[PerturbationSpec(**s) for s in point.chain.identity()],
+                        metrics=metrics_of(states[index].compute(bootstrap=self.bootstrap, seed=config.seed)))
             for index, point in enumerate(self.grid, start=1)
         ]
         clean_metrics = metrics_of(clean)
@@ -266,7 +254,7 @@ class _Sweep:
             counts=counts_of(states[0]),
             complete=info_data.num_samples == split_samples,
             provenance=collect_provenance(
-                self.interruption.command, seeds={"bootstrap": self.seed, "suite": self.suite.seed},
+                self.interruption.command, seeds={"bootstrap": config.seed, "suite": self.suite.seed},
                 timings={"load_s": load_s, "predict_s": predict_s, "total_s": time.perf_counter() - start},
             ),
             info=self._info(resumed, plot_files),
@@ -303,7 +291,7 @@ class _Sweep:
                 {label: points}, plot_stem(self.out, m), metric=m,
                 references={label: reference.value if reference is not None else None},
                 axis_labels=self._axis_labels(),
-                title=f"{label} on {Path(str(self.data)).name}/{self.split}: {m} (dashed: unperturbed)",
+                title=f"{label} on {Path(self.config.data).name}/{self.config.split}: {m} (dashed: unperturbed)",
             )
         return plot_files
 
@@ -326,8 +314,7 @@ class _Sweep:
 
 
 def metrics_known(protocol: str) -> list[str]:
-    from .metrics import metric_names
-
+    """The metric names a run under ``protocol`` computes (a stress headline must be one)."""
     return metric_names(get_protocol(protocol).threshold)
 
 

@@ -31,10 +31,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dolos_bench.perturbations import Chain, parse_chain
-from dolos_bench.eval.metrics import metric_names
 from dolos_bench.config import ConfigError, Strict, validate_collecting
+from dolos_bench.metric_specs import higher_is_better, metric_names, primary_metric
 from dolos_bench.registry import did_you_mean
-from dolos_bench.results import higher_is_better
 
 BUILTIN_SUITES = ("default",)
 """Suites shipped with the package; ``--suite default`` finds them without a path."""
@@ -91,7 +90,7 @@ class Suite(Strict):
     name: str = Field(min_length=1)
     description: str = ""
     seed: int = 0
-    metric: str = "pixel/iou@0.5/mean-of-images/fakes"
+    metric: str = primary_metric(0.5)
     plot_metrics: list[str] = Field(default_factory=list)
     perturbations: list[SuiteEntry] = Field(min_length=1)
 
@@ -132,6 +131,8 @@ def _format_severity(value: float | str) -> str:
 
 
 def _metric_problems(suite_data: dict[str, Any], threshold: float = 0.5) -> list[tuple[str, str]]:
+    """The suite's metrics must be ones every run computes (the metric table's names), and the
+    headline one whose higher values are better: the summary reads a falling curve as damage."""
     known = metric_names(threshold)
     problems: list[tuple[str, str]] = []
     metric = suite_data.get("metric")

@@ -1,12 +1,14 @@
 """Scoring: one pass of a localizer over rows (``score_split``), units of such work, their
-checkpoints, and running them inline or in worker processes.
+checkpoints, and the worker that scores them, inline or in worker processes of the engine.
 
 ``bench eval`` cuts a split into chunks of rows and ``bench stress`` into grid points; both are
 *units*: a row range, an optional perturbation chain, and the metric state they produce. A unit's
 state is checkpointed as soon as it is done (with its per-sample records when the run keeps
 them), so an interrupted run redoes only the missing units; and because metric states add up
 (:meth:`MetricState.merge`), units can be scored by any number of processes in any order and
-still give the numbers of a single pass.
+still give the numbers of a single pass. Processes come from :mod:`dolos_bench.engine`: each
+builds one :class:`ScoringWorker` from the run's :class:`RunSetup` (which carries the
+:class:`~dolos_bench.eval.config.ScoringConfig`) and its own device.
 
 Each checkpoint carries the hash of everything that decides its numbers -- model and weights,
 options, data fingerprint, protocol, perturbation seed, the unit itself, the versions of the
@@ -19,21 +21,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import signal
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from dolos_bench.data.reader import Split, open_split
+from dolos_bench.engine import Pool, Worker, WorkerPlan, engine_for
+from dolos_bench.engine.local import InlinePool
 from dolos_bench.errors import UserError
 from dolos_bench.seeding import rng_for
 from dolos_bench.utils.files import atomic_write_text
 
-from .localizers import call_localizer, load_localizer
+from .config import ScoringConfig
+from .localizers import call_localizer, load_localizer, resize_input, resolve_device
 from .metrics import MetricState
 from .protocols import Protocol, get_protocol
 from ..results import ModelInfo, package_versions
@@ -69,23 +74,27 @@ class WorkUnit:
         return {"name": self.name, "start": self.start, "stop": self.stop, "chain": [dict(c) for c in self.chain],
                 "records": self.keep_records}
 
+    def describe(self) -> str:
+        """How a failure names the unit: ``chunk 3, rows 8:12``."""
+        return f"{self.name}, rows {self.start}:{self.stop}"
+
 
 @dataclass(frozen=True)
 class RunSetup:
-    """Everything a worker process needs to rebuild the run: plain values, cheap to pickle."""
+    """The spec of a :class:`ScoringWorker`: the run's config and what the parent worked out for it.
 
-    model: str
-    data: str
-    split: str
-    limit: int | None
-    device: str
-    options: dict[str, Any]
-    protocol: str
-    batch_size: int
-    exact: bool = False
+    ``chain_seed`` seeds the perturbations (a stress suite's seed), ``run_key`` is what every
+    checkpoint's hash covers (:func:`run_key`), ``checkpoint_folder`` where they go (``None``:
+    none are kept). Plain values, cheap to pickle to every worker process.
+    """
+
+    config: ScoringConfig
     chain_seed: int = 0
     checkpoint_folder: str | None = None
     run_key: dict[str, Any] = field(default_factory=dict)
+
+    def checkpoints(self) -> "Checkpoints | None":
+        return Checkpoints(Path(self.checkpoint_folder), self.run_key) if self.checkpoint_folder else None
 
 
 @dataclass
@@ -227,7 +236,7 @@ def score_split(
         if chain is not None and len(chain):
             images = [_perturb(chain, key, image, chain_seed, sample_id) for image, sample_id in zip(images, batch["id"])]
         if size:
-            images = [np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images]
+            images = [resize_input(image, size, "pil-bilinear") for image in images]
         output = call_localizer(localizer, images, batch["id"])
         for k, sample_id in enumerate(batch["id"]):
             score_map = proto.resize(output.maps[k], masks[k].shape)
@@ -269,7 +278,7 @@ def score_unit(
 
     records: list[dict[str, Any]] = []
     chain = parse_chain([dict(c) for c in unit.chain]) if unit.chain else None
-    state = score_split(localizer, ds.select(unit.start, unit.stop), proto, batch_size=setup.batch_size,
+    state = score_split(localizer, ds.select(unit.start, unit.stop), proto, batch_size=setup.config.batch_size,
                         chain=chain, chain_seed=setup.chain_seed,
                         on_record=records.append if unit.keep_records else None, progress=progress)
     if checkpoints is not None:
@@ -277,95 +286,81 @@ def score_unit(
     return state
 
 
-# -- worker processes --------------------------------------------------------------------------
-
-_WORKER: dict[str, Any] = {}
+# -- workers ------------------------------------------------------------------------------------
 
 
-def _init_worker(setup: RunSetup) -> None:
-    # Ctrl-C reaches every process of the terminal's group; the parent alone handles it (it ends
-    # the workers and prints one line), so no idle worker prints a traceback of its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+class ScoringWorker(Worker[WorkUnit, MetricState]):
+    """Scores units of one run: holds the localizer, the opened split, the protocol and the checkpoints.
+
+    Built once per worker process from its :class:`RunSetup` and its own device, so the model is
+    loaded once and kept for every unit it is given. The parent's own worker (``bench eval``
+    with one process) is built around the localizer and split the parent already opened
+    (``localizer=``, ``ds=``) instead of loading them twice; it alone reports progress within a
+    unit, through :attr:`on_progress`.
+    """
+
+    def __init__(self, spec: RunSetup, device: str, *, localizer: Any = None, ds: Split | None = None) -> None:
+        super().__init__(spec, device)
+        config = spec.config
+        self.localizer = localizer if localizer is not None else load_localizer(
+            config.model, device=device, options=dict(config.options))
+        # verified by the parent before any worker starts
+        self.ds = ds if ds is not None else open_split(config.data, config.split, config.limit, verify=False)
+        self.proto = get_protocol(config.protocol, exact=config.exact)
+        self.checkpoints = spec.checkpoints()
+        self.on_progress: Callable[[WorkUnit, int], None] | None = None
+        """``(unit, samples of it done)`` after every batch; only read in the parent's process."""
+
+    def __call__(self, unit: WorkUnit) -> MetricState:
+        hook = self.on_progress
+        report = (lambda done, _total: hook(unit, done)) if hook is not None else None
+        return score_unit(self.localizer, self.ds, self.proto, self.spec, unit, self.checkpoints, report)
+
+
+def worker_devices(device: str) -> tuple[str, ...]:
+    """The devices of a run's worker processes, given round-robin (:class:`WorkerPlan`).
+
+    Plain ``cuda`` spreads the workers over every visible GPU (worker ``i`` on ``cuda:i``, as
+    many as torch counts); a named device (``cuda:1``, ``mps``, ``cpu``) is every worker's.
+    """
+    device = resolve_device(device)
+    if device != "cuda":
+        return (device,)
     try:
         import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    folder = setup.checkpoint_folder
-    _WORKER.update(
-        setup=setup,
-        localizer=load_localizer(setup.model, device=setup.device, options=dict(setup.options)),
-        ds=open_split(setup.data, setup.split, setup.limit, verify=False),  # verified by the parent
-        proto=get_protocol(setup.protocol, exact=setup.exact),
-        checkpoints=Checkpoints(Path(folder), setup.run_key) if folder else None,
-    )
+    except ImportError:  # resolve_device passes CUDA on unchecked without torch: the adapter checks it
+        return (device,)
+    return tuple(f"cuda:{i}" for i in range(int(torch.cuda.device_count()))) or (device,)
 
 
-def _score_in_worker(unit: WorkUnit) -> dict[str, Any]:
-    state = score_unit(_WORKER["localizer"], _WORKER["ds"], _WORKER["proto"], _WORKER["setup"], unit,
-                       _WORKER["checkpoints"])
-    return state.to_dict()
-
-
-def _pool(setup: RunSetup, units: Sequence[WorkUnit], workers: int) -> Iterator[tuple[WorkUnit, MetricState]]:
-    """Score units in a process pool; yield each with its state as it finishes (any order).
-
-    A failure in a worker re-raises here with the worker's message; units not started yet are
-    dropped, so the run stops soon instead of finishing work whose results will not be used
-    (units under way finish and are checkpointed). On Ctrl-C, or when the caller stops early,
-    the workers are ended at once: their units were not finished and are redone on resume.
-    """
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    # forkserver: workers fork from a clean server, not from this process and its threads.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dolos_bench.eval.work"])
-    pool = ProcessPoolExecutor(min(workers, len(units)), mp_context=context, initializer=_init_worker,
-                               initargs=(setup,))
-    try:
-        futures = {pool.submit(_score_in_worker, unit): unit for unit in units}
-        remaining = set(futures)
-        try:
-            while remaining:
-                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield futures[future], MetricState.from_dict(future.result())
-        except BaseException as exc:
-            for future in remaining:
-                future.cancel()
-            if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
-                _end_workers(pool)
-            raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _end_workers(pool: Any) -> None:
-    """Terminate a pool's worker processes (the executor has no public call for it)."""
-    processes = getattr(pool, "_processes", None) or {}
-    for process in list(processes.values()):
-        process.terminate()
+def _pool(inline: ScoringWorker, workers: int) -> AbstractContextManager[Pool]:
+    """``inline`` itself for one worker; else a pool of ``workers`` processes, one device each."""
+    if workers <= 1:
+        return nullcontext(InlinePool(inline))
+    plan = WorkerPlan(ScoringWorker, inline.spec, workers=workers, devices=worker_devices(inline.spec.config.device))
+    return engine_for(workers, preload=[__name__]).start(plan)
 
 
 def run_units(
     units: Sequence[WorkUnit],
-    setup: RunSetup,
+    inline: ScoringWorker,
     *,
-    localizer: Any,
-    ds: Split,
-    proto: Protocol,
-    checkpoints: Checkpoints | None,
-    workers: int = 1,
     progress: Callable[[int, int, str], None] | None = None,
     stop_after: int | None = None,
 ) -> tuple[dict[int, MetricState], int]:
     """Every unit's state, by index, and how many came from checkpoints.
 
+    Units that are not checkpointed yet are scored by ``inline`` (the worker of this process),
+    or, with ``config.workers`` > 1 and more than one unit to do, by that many worker processes
+    in any order; states are returned by unit index, so the caller merges them in unit order.
+    A failing unit raises its own error here, with a note naming the unit; units not started
+    yet are dropped and those under way finish (and are checkpointed). On Ctrl-C the worker
+    processes are ended at once: their units are redone on resume.
+
     ``progress(done, total, label)`` counts samples over all units. ``stop_after`` scores at
     most that many new units, then raises :class:`RunInterrupted`.
     """
+    checkpoints = inline.checkpoints
     states: dict[int, MetricState] = {}
     pending: list[WorkUnit] = []
     for unit in units:
@@ -381,21 +376,22 @@ def run_units(
     done = sum(u.stop - u.start for u in units if u.index in states)
     if progress:
         progress(done, total, f"resumed {resumed}" if resumed else (units[0].name if units else ""))
-    if workers <= 1 or len(pending) <= 1:
-        for unit in pending:
-            report = (lambda d, t, base=done, label=unit.name: progress(base + d, total, label)) if progress else None
-            states[unit.index] = score_unit(localizer, ds, proto, setup, unit, checkpoints, report)
-            done += unit.stop - unit.start
-    else:
-        for unit, state in _pool(setup, pending, workers):
-            states[unit.index] = state
-            done += unit.stop - unit.start
-            if progress:
-                progress(done, total, unit.name)
+        inline.on_progress = lambda unit, d: progress(done + d, total, unit.name)
+    try:
+        with _pool(inline, min(inline.spec.config.workers, len(pending))) as pool:
+            for position, state in pool.imap_unordered(pending, describe=WorkUnit.describe):
+                unit = pending[position]
+                states[unit.index] = state
+                done += unit.stop - unit.start
+                if progress:
+                    progress(done, total, unit.name)
+    finally:
+        inline.on_progress = None
     if len(states) < len(units):
         where = f"; checkpoints in {checkpoints.folder}" if checkpoints is not None else ""
         raise RunInterrupted(f"stopped after {len(states) - resumed} unit(s){where}")
     return states, resumed
 
 
-__all__ = ["Checkpoints", "Interruption", "RunInterrupted", "RunSetup", "WorkUnit", "run_key", "run_units", "score_split", "score_unit"]
+__all__ = ["Checkpoints", "Interruption", "RunInterrupted", "RunSetup", "ScoringWorker", "WorkUnit", "run_key", "run_units",
+           "score_split", "score_unit", "worker_devices"]

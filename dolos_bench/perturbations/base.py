@@ -7,8 +7,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..stage import Stage
 
-class Perturbation(ABC):
+
+class Perturbation(Stage, ABC):
     """A post-processing operation applied to the final image (and its mask when geometric).
 
     Perturbations are shared between ``bench build`` and ``bench stress``; they must be pure
@@ -18,12 +20,26 @@ class Perturbation(ABC):
     name: ClassVar[str] = "perturbation"
     geometric: ClassVar[bool] = False
 
+    def identity(self) -> dict[str, Any]:
+        """``{"name": ..., **params}``: the JSON form stored with each sample; ``parse_chain`` reads it back.
+
+        The parameters are the fields of :attr:`Config`, in their order, as validated. A
+        perturbation written before ``Config`` existed keeps its own :meth:`params`.
+        """
+        config = type(self).Config
+        if config is None:
+            return {"name": self.name, **self.params()}
+        return {"name": self.name, **{field: getattr(self, field) for field in config.model_fields}}
+
     def params(self) -> dict[str, Any]:
-        return {}
+        """Deprecated: :meth:`identity` without the name (what a perturbation without ``Config`` overrides)."""
+        if type(self).Config is None:
+            return {}
+        return {k: v for k, v in self.identity().items() if k != "name"}
 
     def spec(self) -> dict[str, Any]:
-        """``{"name": ..., **params}``: the JSON form stored with each sample."""
-        return {"name": self.name, **self.params()}
+        """Deprecated alias of :meth:`identity`."""
+        return self.identity()
 
     @abstractmethod
     def apply(

@@ -4,7 +4,7 @@ The same objects serve ``bench build`` (a recipe's post-processing of every samp
 ``bench stress`` (a grid of degradations applied to a finished dataset), so they are parsed from
 one small spec language that both a YAML recipe and a command line can write:
 
-* a dict ``{"name": "jpeg", "quality": 75}`` -- the form stored with each sample (``spec()``),
+* a dict ``{"name": "jpeg", "quality": 75}`` -- the form stored with each sample (``identity()``),
 * a one-key dict ``{"jpeg": {"quality": 75}}``, ``{"jpeg": 75}`` or ``{"resize": [0.5, "area"]}``,
 * a string ``"jpeg(quality=75)"``, ``"jpeg(75)"``, ``"resize(0.5, bicubic)"`` or ``"jpeg"``,
 * for chains, a list of the above or a string ``"resize(0.5)|jpeg(75)"``.
@@ -22,15 +22,18 @@ import io
 import keyword
 import math
 import re
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import field_validator
 
+from ..config import Strict
 from ..errors import UserError
+from ..registry import PERTURBATIONS, UnknownNameError, did_you_mean
+from ..utils.numbers import number
 from .base import Perturbation
-from dolos_bench.registry import PERTURBATIONS, UnknownNameError, did_you_mean
 
 __all__ = [
     "JPEG",
@@ -63,47 +66,6 @@ class UnknownPerturbationError(PerturbationSpecError, UnknownNameError):
     """
 
 
-# -- parameter validation --------------------------------------------------------------------
-
-
-def _is_number(value: object) -> bool:
-    # bool is an int subclass, but ``quality=True`` is a mistake, not 1.
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-
-
-def _int_param(owner: str, arg: str, value: object, lo: int, hi: int) -> int:
-    """``value`` as a plain int in ``lo..hi``; integral floats (``75.0`` from YAML) are accepted."""
-    ok = _is_number(value) and math.isfinite(float(value)) and float(value).is_integer()  # type: ignore[arg-type]
-    if not ok or not lo <= int(value) <= hi:  # type: ignore[call-overload]
-        raise ValueError(f"{owner}: {arg} must be an integer in {lo}..{hi}, got {value!r}")
-    return int(value)  # type: ignore[call-overload]
-
-
-def _float_param(
-    owner: str,
-    arg: str,
-    value: object,
-    *,
-    lo: float,
-    lo_inclusive: bool,
-    hi: float | None = None,
-) -> float:
-    """``value`` as a plain finite float above ``lo`` (and at most ``hi``)."""
-    ok = _is_number(value) and math.isfinite(float(value))  # type: ignore[arg-type]
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (v >= lo if lo_inclusive else v > lo) and (hi is None or v <= hi)
-    if not ok:
-        if hi is not None:
-            rng = f"in {lo:g}..{hi:g}" if lo_inclusive else f"in ({lo:g}, {hi:g}]"
-        else:
-            rng = f"{'>=' if lo_inclusive else '>'} {lo:g}"
-        raise ValueError(f"{owner}: {arg} must be a finite number {rng}, got {value!r}")
-    return v
-
-
 def _check_inputs(owner: str, image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """The image as a C-contiguous array, after checking the project's image/mask conventions."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -134,11 +96,11 @@ class _Recompression(Perturbation):
     _MAX_SIDE: ClassVar[int]
     _FORMAT: ClassVar[str]
 
-    def __init__(self, quality: int) -> None:
-        self.quality = _int_param(self.name, "quality", quality, 1, 100)
+    class Config(Strict):
+        quality: Annotated[int, number(integer=True, lo=1, hi=100)]
 
-    def params(self) -> dict[str, Any]:
-        return {"quality": self.quality}
+    def __init__(self, quality: int) -> None:
+        self.configure(quality=quality)
 
     def _save_options(self) -> dict[str, Any]:
         return {}
@@ -198,11 +160,11 @@ class GaussianBlur(Perturbation):
 
     name: ClassVar[str] = "blur"
 
-    def __init__(self, sigma: float) -> None:
-        self.sigma = _float_param(self.name, "sigma", sigma, lo=0.0, lo_inclusive=False)
+    class Config(Strict):
+        sigma: Annotated[float, number(lo=0.0, lo_open=True)]
 
-    def params(self) -> dict[str, Any]:
-        return {"sigma": self.sigma}
+    def __init__(self, sigma: float) -> None:
+        self.configure(sigma=sigma)
 
     @property
     def ksize(self) -> int:
@@ -228,11 +190,11 @@ class GaussianNoise(Perturbation):
 
     name: ClassVar[str] = "noise"
 
-    def __init__(self, sigma: float) -> None:
-        self.sigma = _float_param(self.name, "sigma", sigma, lo=0.0, lo_inclusive=True, hi=255.0)
+    class Config(Strict):
+        sigma: Annotated[float, number(lo=0.0, hi=255.0)]
 
-    def params(self) -> dict[str, Any]:
-        return {"sigma": self.sigma}
+    def __init__(self, sigma: float) -> None:
+        self.configure(sigma=sigma)
 
     def apply(
         self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
@@ -278,18 +240,22 @@ class Resize(Perturbation):
     name: ClassVar[str] = "resize"
     geometric: ClassVar[bool] = True
 
-    def __init__(self, scale: float, interpolation: str = "bilinear") -> None:
-        self.scale = _float_param(self.name, "scale", scale, lo=0.0, lo_inclusive=False)
-        if not isinstance(interpolation, str) or interpolation.lower() not in INTERPOLATIONS:
-            hint = did_you_mean(interpolation, list(INTERPOLATIONS)) if isinstance(interpolation, str) else ""
-            raise ValueError(
-                f"{self.name}: interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))},"
-                f" got {interpolation!r}.{hint}"
-            )
-        self.interpolation = interpolation.lower()
+    class Config(Strict):
+        scale: Annotated[float, number(lo=0.0, lo_open=True)]
+        interpolation: str = "bilinear"
 
-    def params(self) -> dict[str, Any]:
-        return {"scale": self.scale, "interpolation": self.interpolation}
+        @field_validator("interpolation", mode="before")
+        @classmethod
+        def _known(cls, interpolation: Any) -> str:
+            if not isinstance(interpolation, str) or interpolation.lower() not in INTERPOLATIONS:
+                hint = did_you_mean(interpolation, list(INTERPOLATIONS)) if isinstance(interpolation, str) else ""
+                raise ValueError(
+                    f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {interpolation!r}.{hint}"
+                )
+            return interpolation.lower()
+
+    def __init__(self, scale: float, interpolation: str = "bilinear") -> None:
+        self.configure(scale=scale, interpolation=interpolation)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(new height, new width) for an input of ``height`` x ``width``."""
@@ -332,7 +298,8 @@ def _format_value(value: Any) -> str:
 def describe_perturbation(p: Perturbation) -> str:
     """``name(k=v, ...)``, leaving out parameters at their default; parseable by parse_perturbation."""
     defaults = _defaults(p)
-    items = [f"{k}={_format_value(v)}" for k, v in p.params().items() if not (k in defaults and defaults[k] == v)]
+    params = {k: v for k, v in p.identity().items() if k != "name"}
+    items = [f"{k}={_format_value(v)}" for k, v in params.items() if not (k in defaults and defaults[k] == v)]
     return f"{p.name}({', '.join(items)})"
 
 
@@ -364,7 +331,7 @@ class Chain:
         return self.steps[index]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Chain) and self.spec() == other.spec()
+        return isinstance(other, Chain) and self.identity() == other.identity()
 
     def __hash__(self) -> int:
         return hash(self.describe())
@@ -377,9 +344,13 @@ class Chain:
         """True when some step moves pixels (so the mask must travel with the image)."""
         return any(getattr(s, "geometric", False) for s in self.steps)
 
-    def spec(self) -> list[dict[str, Any]]:
+    def identity(self) -> list[dict[str, Any]]:
         """JSON form, one ``{"name": ..., **params}`` per step; ``parse_chain`` reads it back."""
-        return [dict(s.spec()) for s in self.steps]
+        return [dict(s.identity()) for s in self.steps]
+
+    def spec(self) -> list[dict[str, Any]]:
+        """Deprecated alias of :meth:`identity`."""
+        return self.identity()
 
     def describe(self) -> str:
         """Short key such as ``resize(scale=0.5)|jpeg(quality=75)`` for breakdowns; ``none`` if empty."""
@@ -561,7 +532,7 @@ def parse_perturbation(spec: Perturbation | Mapping[str, Any] | str) -> Perturba
         obj = factory(**bound)
     except (TypeError, ValueError) as exc:
         raise PerturbationSpecError(f"invalid perturbation {text}: {exc}") from exc
-    if not (callable(getattr(obj, "apply", None)) and callable(getattr(obj, "spec", None))):
+    if not (callable(getattr(obj, "apply", None)) and callable(getattr(obj, "identity", None))):
         raise PerturbationSpecError(f"perturbation {name!r} built {obj!r}, which is not a Perturbation")
     return obj
 

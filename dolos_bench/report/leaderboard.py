@@ -10,6 +10,10 @@ exactly the comparison the protocol names exist to prevent. With one dataset and
 usual case -- this is a plain global ranking. Two datasets whose folders share a name are told
 apart by a short fingerprint after the name ("qs/test (3f2a9c1)").
 
+Which values of a metric are better is what the results files record (schema 1.1), or for 1.0
+files what the metric table (:mod:`dolos_bench.metric_specs`) says; the same table gives the
+default ranking metric and the default columns.
+
 The output folder is a derived artifact, so building into the folder of an earlier leaderboard
 replaces that leaderboard without a flag. It replaces only what it wrote: the files are listed in
 the folder's ownership record (:mod:`dolos_bench.utils.outdir`), and a folder holding any other
@@ -33,20 +37,20 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 import dolos_bench
 from dolos_bench.errors import UserError
-from dolos_bench.results import Metric, Results, ResultsError, StressPoint, higher_is_better, load_results
+from dolos_bench.metric_specs import (
+    higher_is_better as table_higher_is_better, metric_names, primary_metric as table_primary_metric,
+)
+from dolos_bench.results import Metric, Results, ResultsError, StressPoint, load_results
 from dolos_bench.report import plots
 from dolos_bench.utils.files import atomic_write_bytes
 from dolos_bench.utils.outdir import RECORD, read_record, refuse_foreign, remove_ours, write_record
+from dolos_bench.utils.text import slugify
 
-PRIMARY_METRIC = "pixel/iou@0.5/mean-of-images/fakes"
-HEADLINE_METRICS: tuple[str, ...] = (
-    PRIMARY_METRIC,
-    "pixel/f1@0.5/mean-of-images/fakes",
-    "pixel/auc/pooled/all",
-    "image/auc/all",
-    "image/ap/all",
-)
-"""Columns shown by default (those present in at least one result; the primary always)."""
+PRIMARY_METRIC = table_primary_metric(0.5)
+"""The ranking metric of results scored at the usual threshold, 0.5 (the metric table's primary)."""
+HEADLINE_METRICS: tuple[str, ...] = tuple(metric_names(0.5, headline=True))
+"""The metric table's headline metrics at threshold 0.5: the columns shown by default (those
+present in at least one result; the primary always)."""
 
 MISSING = "—"
 """Shown for a metric that a result does not have or that is undefined (``value: null``)."""
@@ -151,9 +155,34 @@ def dataset_labels(results: Sequence[Results]) -> list[str]:
             for r in results]
 
 
-def metric_higher_is_better(metric: str) -> bool:
-    """A metric's direction, by the same rule as the stress suites (:func:`dolos_bench.results.higher_is_better`)."""
-    return higher_is_better(metric)
+def metric_higher_is_better(metric: str, entries: Sequence[Entry] = ()) -> bool:
+    """Whether larger values of ``metric`` are better.
+
+    As the ``entries`` record it (schema 1.1), which must agree; else as the metric table says
+    (:mod:`dolos_bench.metric_specs`, the rule for 1.0 files); a metric that neither knows --
+    a plug-in's own score in a 1.0 file -- is taken as higher-is-better, like most scores.
+    """
+    recorded: dict[str, list[str]] = defaultdict(list)
+    for e in entries:
+        said = e.results.recorded_direction(metric)
+        if said is not None:
+            recorded[said].append(e.source.name)
+    if len(recorded) > 1:
+        raise ResultsError(
+            f"results disagree on whether {metric!r} is better higher or lower: "
+            + "; ".join(f"{d} in {', '.join(files)}" for d, files in sorted(recorded.items()))
+            + ". Rank them by another metric or leave out the files of the other kind."
+        )
+    if recorded:
+        return next(iter(recorded)) == "higher"
+    known = table_higher_is_better(metric)
+    return True if known is None else known
+
+
+def default_primary_metric(entries: Sequence[Entry]) -> str:
+    """The metric table's primary metric at the results' threshold (0.5 unless they all use another)."""
+    thresholds = {e.results.protocol.threshold for e in entries}
+    return table_primary_metric(thresholds.pop()) if len(thresholds) == 1 else PRIMARY_METRIC
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -184,7 +213,7 @@ def _metric_title(name: str, metric: Metric | None, digits: int) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "metric"
+    return slugify(text, keep="", fill="-", lower=True, empty="metric", paths=False)
 
 
 # -------------------------------------------------------------------------------------- rows
@@ -211,7 +240,7 @@ def rank_entries(
     ``higher_is_better`` defaults to the metric's own direction (:func:`metric_higher_is_better`).
     """
     if higher_is_better is None:
-        higher_is_better = metric_higher_is_better(primary_metric)
+        higher_is_better = metric_higher_is_better(primary_metric, entries)
     def same_run(r: Results) -> tuple[Any, ...]:
         return (r.model.id, r.model.weights_sha256, r.dataset.fingerprint, r.protocol.name)
 
@@ -246,12 +275,14 @@ def rank_entries(
 
 
 def choose_headline(entries: Sequence[Entry], primary_metric: str, wanted: Sequence[str] | None) -> list[str]:
-    """The metric columns: ``wanted`` as given, or the defaults that some result reports."""
+    """The metric columns: ``wanted`` as given, or the metric table's headline metrics (at the
+    results' thresholds) that some result reports."""
     if wanted is not None:
         cols = list(wanted)
     else:
         present = {name for e in entries for name in e.results.metrics}
-        cols = [m for m in HEADLINE_METRICS if m in present]
+        thresholds = sorted({e.results.protocol.threshold for e in entries})
+        cols = [m for t in thresholds for m in metric_names(t, headline=True) if m in present]
     return [primary_metric] + [m for m in dict.fromkeys(cols) if m != primary_metric]
 
 
@@ -352,7 +383,7 @@ def markdown_document(
 ) -> str:
     """``leaderboard.md``: the table, how to read it, and the stress summaries if any."""
     if higher_is_better is None:
-        higher_is_better = metric_higher_is_better(primary_metric)
+        higher_is_better = metric_higher_is_better(primary_metric, entries)
     better = "higher" if higher_is_better else "lower"
     parts = [
         f"# {title}\n",
@@ -512,11 +543,12 @@ def _first_sort(higher_is_better: bool) -> str:
     return "descending" if higher_is_better else "ascending"
 
 
-def _metric_columns(metrics: Sequence[str], primary_metric: str, higher_is_better: bool) -> list[dict[str, str]]:
+def _metric_columns(metrics: Sequence[str], primary_metric: str, higher_is_better: bool,
+                    entries: Sequence[Entry] = ()) -> list[dict[str, str]]:
     """Each metric column with its direction: the primary metric's is the ranking's, the others' their own."""
     out = []
     for m in metrics:
-        up = higher_is_better if m == primary_metric else metric_higher_is_better(m)
+        up = higher_is_better if m == primary_metric else metric_higher_is_better(m, entries)
         out.append({"name": m, "first_sort": _first_sort(up), "better": "higher" if up else "lower"})
     return out
 
@@ -573,7 +605,7 @@ def render_html(
         title=title,
         primary_metric=primary_metric,
         better="higher" if higher_is_better else "lower",
-        metrics=_metric_columns(metrics, primary_metric, higher_is_better),
+        metrics=_metric_columns(metrics, primary_metric, higher_is_better, [e for _, e in ranked]),
         rows=rows,
         heatmaps=[{"metric": h["metric"], "src": _data_uri(h["files"]["svg"], site[h["files"]["svg"]]),
                    "id": _slug(h["metric"])} for h in heatmaps],
@@ -625,7 +657,7 @@ def build_leaderboard(
     out_dir: str | Path,
     *,
     title: str = DEFAULT_TITLE,
-    primary_metric: str = PRIMARY_METRIC,
+    primary_metric: str | None = None,
     metrics: Sequence[str] | None = None,
     heatmap_metrics: Sequence[str] | None = None,
     higher_is_better: bool | None = None,
@@ -635,7 +667,8 @@ def build_leaderboard(
     """Build the site in ``out_dir`` and return the leaderboard payload (+ ``files`` written).
 
     Writes ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json``, ``index.html`` and
-    ``plots/*.png|svg``. ``metrics`` overrides the headline columns; ``heatmap_metrics`` the
+    ``plots/*.png|svg``. ``primary_metric`` ranks the rows (default: the metric table's primary
+    metric, :func:`default_primary_metric`). ``metrics`` overrides the headline columns; ``heatmap_metrics`` the
     metrics drawn by generator (default: the headline ones that results break down by
     generator; the page offers a selector). ``higher_is_better`` defaults to the primary
     metric's direction. Figures fit their axes and colours to the data; ``full_range`` draws
@@ -647,8 +680,10 @@ def build_leaderboard(
     entries = load_entries(result_paths)
     out = Path(out_dir)
     previous = claim_folder(out)
+    if primary_metric is None:
+        primary_metric = default_primary_metric(entries)
     if higher_is_better is None:
-        higher_is_better = metric_higher_is_better(primary_metric)
+        higher_is_better = metric_higher_is_better(primary_metric, entries)
 
     ranked = rank_entries(entries, primary_metric, higher_is_better=higher_is_better)
     headline = choose_headline(entries, primary_metric, metrics)
@@ -698,6 +733,7 @@ __all__ = [
     "format_metric",
     "rank_entries",
     "choose_headline",
+    "default_primary_metric",
     "row_dict",
     "markdown_table",
     "markdown_document",

@@ -7,13 +7,14 @@ localizers learned to find. Both are deterministic: ``rng`` is accepted for the 
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import cv2
 import numpy as np
 
 from dolos_bench.builder.base import Generator, SkipSample
+from dolos_bench.config import Strict
+from dolos_bench.utils.numbers import number
 
 __all__ = ["TeleaGenerator", "NavierStokesGenerator"]
 
@@ -22,22 +23,17 @@ class _OpenCVInpainter(Generator):
     """Shared body of the two ``cv2.inpaint`` methods; subclasses pick the flag."""
 
     name: ClassVar[str] = "opencv"
+    max_batch: ClassVar[int | None] = None  # one image at a time inside: a batch of any size is a loop
     _flag: ClassVar[int]
 
-    def __init__(self, radius: int = 3) -> None:
-        # The radius (pixels) of the neighbourhood each filled pixel is estimated from.
-        ok = (
-            isinstance(radius, (int, float, np.integer, np.floating))
-            and not isinstance(radius, (bool, np.bool_))
-            and math.isfinite(float(radius))
-            and float(radius).is_integer()
-            and int(radius) >= 1
-        )
-        if not ok:
-            raise ValueError(f"{self.name}: radius must be an integer >= 1, got {radius!r}")
-        self.radius = int(radius)
+    class Config(Strict):
+        radius: Annotated[int, number(integer=True, lo=1)] = 3
+        """The radius (pixels) of the neighbourhood each filled pixel is estimated from."""
 
-    def config(self) -> dict[str, Any]:
+    def __init__(self, radius: int = 3) -> None:
+        self.configure(radius=radius)
+
+    def identity(self) -> dict[str, Any]:
         # The OpenCV version is part of the identity: the fill is not promised stable across releases.
         return {"radius": self.radius, "opencv": cv2.__version__}
 

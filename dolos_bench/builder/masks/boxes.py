@@ -11,20 +11,21 @@ drawn before scaling, so one seed gives the same layout at any resolution.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import model_validator
 
 from dolos_bench.builder.base import Masker, MaskResult, SkipSample
 from dolos_bench.builder.masks.common import (
     DEFAULT_MAX_TRIES,
+    Area,
+    AreaBounds,
     area_fraction,
-    check_area_bounds,
-    check_number,
-    check_range,
     image_hw,
     in_bounds,
 )
+from dolos_bench.utils.numbers import number, pair
 
 
 class BoxMasker(Masker):
@@ -42,6 +43,33 @@ class BoxMasker(Masker):
 
     name: ClassVar[str] = "boxes"
 
+    class Config(AreaBounds):
+        count: Annotated[tuple[int, int], pair(integer=True, lo=1)] = (1, 3)
+        side: Annotated[tuple[float, float], pair(lo=0.0, hi=1.0)] = (0.1, 0.5)
+        margin: Annotated[float, number(lo=0.0, hi=0.5)] = 0.02
+        min_area: Area = 0.05
+        max_area: Area = 0.4
+        max_tries: Annotated[int, number(integer=True, lo=1)] = DEFAULT_MAX_TRIES
+
+        @model_validator(mode="after")
+        def _boxes_fit(self):  # noqa: ANN202 - pydantic reads no annotation here
+            if self.side[1] <= 0.0:
+                raise ValueError(f"side must allow boxes wider than 0, got {list(self.side)!r}")
+            if self.side[1] + 2.0 * self.margin > 1.0:
+                raise ValueError(
+                    f"side[1] + 2 * margin must be <= 1 so that the largest box fits, "
+                    f"got side={list(self.side)!r}, margin={self.margin!r}"
+                )
+            # Boxes cover at most count_max * side_max**2 of any image (the shorter side squared
+            # is at most H * W), so a larger min_area can never be met: say so now, not per sample.
+            reachable = min(1.0, self.count[1] * self.side[1] ** 2)
+            if self.min_area > reachable:
+                raise ValueError(
+                    f"min_area={self.min_area:g} cannot be reached: {self.count[1]} boxes "
+                    f"of side <= {self.side[1]:g} cover at most {reachable:g} of the image"
+                )
+            return self
+
     def __init__(
         self,
         *,
@@ -52,29 +80,10 @@ class BoxMasker(Masker):
         max_area: float = 0.4,
         max_tries: int = DEFAULT_MAX_TRIES,
     ) -> None:
-        owner = type(self).__name__
-        self.count = check_range(owner, "count", count, integer=True, lo=1)
-        self.side = check_range(owner, "side", side, lo=0.0, hi=1.0)
-        if self.side[1] <= 0.0:
-            raise ValueError(f"{owner}: side must allow boxes wider than 0, got {side!r}")
-        self.margin = float(check_number(owner, "margin", margin, lo=0.0, hi=0.5))
-        if self.side[1] + 2.0 * self.margin > 1.0:
-            raise ValueError(
-                f"{owner}: side[1] + 2 * margin must be <= 1 so that the largest box fits, "
-                f"got side={list(self.side)!r}, margin={margin!r}"
-            )
-        self.min_area, self.max_area = check_area_bounds(owner, min_area, max_area)
-        # Boxes cover at most count_max * side_max**2 of any image (the shorter side squared
-        # is at most H * W), so a larger min_area can never be met: say so now, not per sample.
-        reachable = min(1.0, self.count[1] * self.side[1] ** 2)
-        if self.min_area > reachable:
-            raise ValueError(
-                f"{owner}: min_area={self.min_area:g} cannot be reached: {self.count[1]} boxes "
-                f"of side <= {self.side[1]:g} cover at most {reachable:g} of the image"
-            )
-        self.max_tries = int(check_number(owner, "max_tries", max_tries, integer=True, lo=1))
+        self.configure(count=count, side=side, margin=margin, min_area=min_area, max_area=max_area,
+                       max_tries=max_tries)
 
-    def config(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {
             "count": list(self.count),
             "side": list(self.side),

@@ -6,12 +6,12 @@ with dlib's HOG detector, fit the 68-point shape predictor and turn point groups
 
 Licence: the 68-point predictor (``shape_predictor_68_face_landmarks.dat``, shipped by the
 ``face-recognition-models`` package) was trained on the iBUG 300-W dataset, whose licence
-allows research use only; datasets built with this masker inherit that restriction. See
-:func:`landmark_licence_note`, which the dataset card quotes.
+allows research use only; datasets built with this masker inherit that restriction. The masker
+declares it as its ``licence_note``, which the dataset card quotes.
 
-Model loading costs about 3 s, so detector and predictor are loaded lazily, once per process
-and per predictor file, into a module-level cache. A masker object itself holds only plain
-arguments, so pickling it to worker processes stays cheap.
+Model loading costs about 3 s, so detector and predictor are loaded by ``setup`` (or on first
+use), once per process and per predictor file, into a module-level cache. A masker object itself
+holds only plain arguments, so pickling it to worker processes stays cheap.
 """
 
 from __future__ import annotations
@@ -22,20 +22,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import cv2
 import numpy as np
+from pydantic import field_validator, model_validator
 
 from dolos_bench.builder.base import Masker, MaskResult, SkipSample
-from dolos_bench.builder.masks.common import (
-    area_fraction,
-    check_area_bounds,
-    check_number,
-    check_range,
-    image_hw,
-    in_bounds,
-)
+from dolos_bench.builder.masks.common import Area, AreaBounds, area_fraction, image_hw, in_bounds
+from dolos_bench.utils.numbers import number, pair
 
 PREDICTOR_FILENAME = "shape_predictor_68_face_landmarks.dat"
 
@@ -137,7 +132,7 @@ class LandmarkMasker(Masker):
     """One face part per sample, chosen by ``rng`` among ``parts``, from dlib's 68 landmarks.
 
     The 68-point predictor was trained on iBUG 300-W, whose licence allows research use only;
-    see :func:`landmark_licence_note`.
+    see :attr:`licence_note`.
 
     Parts: ``eyes`` (both eyes, points 36-47), ``left_eye`` (42-47) and ``right_eye`` (36-41),
     the subject's left and right as in the 300-W markup; ``brows`` (17-26, drawn as thick
@@ -166,6 +161,50 @@ class LandmarkMasker(Masker):
     """
 
     name: ClassVar[str] = "landmarks"
+    requires: ClassVar[tuple[str, ...]] = ("dlib", "face_recognition_models")
+    extra: ClassVar[str | None] = "faces"
+    licence_note: ClassVar[str | None] = f"**Face landmarks.** {_LICENCE_NOTE}"
+
+    class Config(AreaBounds):
+        parts: tuple[str, ...] = DEFAULT_PARTS
+        dilation: Annotated[tuple[int, int], pair(integer=True, lo=0, hi=200)] = (1, 15)
+        forehead: Annotated[float, number(lo=0.0, hi=2.0)] = 0.5
+        min_area: Area = 0.001
+        max_area: Area = 0.6
+        upsample: Annotated[int, number(integer=True, lo=0, hi=4)] = 1
+        predictor_path: str | None = None
+
+        @field_validator("parts", mode="before")
+        @classmethod
+        def _known_parts(cls, parts: Any) -> tuple[str, ...]:
+            if isinstance(parts, str) or not isinstance(parts, Sequence) or len(parts) == 0:
+                raise ValueError(f"parts must be a non-empty list of part names from {', '.join(PARTS)}; got {parts!r}")
+            unknown = [p for p in parts if p not in PARTS]
+            if unknown:
+                raise ValueError(
+                    f"unknown part(s) {', '.join(repr(p) for p in unknown)} in parts; known parts: {', '.join(PARTS)}"
+                )
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"parts lists a part twice: {list(parts)!r}")
+            return tuple(str(p) for p in parts)
+
+        @field_validator("predictor_path", mode="before")
+        @classmethod
+        def _predictor_is_a_file(cls, path: Any) -> str | None:
+            if path is None:
+                return None
+            if not isinstance(path, (str, Path)) or not Path(path).is_file():
+                raise ValueError(f"predictor_path {path!r} is not a file")
+            return str(path)
+
+        @model_validator(mode="after")
+        def _predictor_found(self):  # noqa: ANN202 - pydantic reads no annotation here
+            if self.predictor_path is None:
+                try:
+                    predictor_file()  # fail at recipe validation, not at the first sample
+                except FileNotFoundError as exc:
+                    raise ValueError(str(exc)) from None
+            return self
 
     def __init__(
         self,
@@ -178,39 +217,14 @@ class LandmarkMasker(Masker):
         upsample: int = 1,
         predictor_path: str | None = None,
     ) -> None:
-        owner = type(self).__name__
-        if isinstance(parts, str) or not isinstance(parts, Sequence) or len(parts) == 0:
-            raise ValueError(
-                f"{owner}: parts must be a non-empty list of part names from "
-                f"{', '.join(PARTS)}; got {parts!r}"
-            )
-        unknown = [p for p in parts if p not in PARTS]
-        if unknown:
-            raise ValueError(
-                f"{owner}: unknown part(s) {', '.join(repr(p) for p in unknown)} in parts; "
-                f"known parts: {', '.join(PARTS)}"
-            )
-        if len(set(parts)) != len(parts):
-            raise ValueError(f"{owner}: parts lists a part twice: {list(parts)!r}")
-        self.parts = [str(p) for p in parts]
-        self.dilation = check_range(owner, "dilation", dilation, integer=True, lo=0, hi=200)
-        self.forehead = float(check_number(owner, "forehead", forehead, lo=0.0, hi=2.0))
-        self.min_area, self.max_area = check_area_bounds(owner, min_area, max_area)
-        self.upsample = int(check_number(owner, "upsample", upsample, integer=True, lo=0, hi=4))
-        # Fail at recipe validation, not at the first sample.
-        if importlib.util.find_spec("dlib") is None:
-            raise ImportError(
-                f"{owner} needs dlib: pip install 'dolos-bench[faces]' (the dlib-bin wheel)"
-            )
-        if predictor_path is not None:
-            if not isinstance(predictor_path, (str, Path)) or not Path(predictor_path).is_file():
-                raise ValueError(f"{owner}: predictor_path {predictor_path!r} is not a file")
-            self.predictor_path: str | None = str(predictor_path)
-        else:
-            self.predictor_path = None
-            predictor_file()
+        self.configure(parts=parts, dilation=dilation, forehead=forehead, min_area=min_area, max_area=max_area,
+                       upsample=upsample, predictor_path=predictor_path)
 
-    def config(self) -> dict[str, Any]:
+    def setup(self, device: str) -> None:
+        """Load the HOG detector and the shape predictor into this process (once; CPU only)."""
+        _models(self.predictor_path or _default_predictor())
+
+    def identity(self) -> dict[str, Any]:
         return {
             "parts": list(self.parts),
             "dilation": list(self.dilation),

@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import cv2
 import numpy as np
+from pydantic import model_validator
 
 from dolos_bench.builder.base import Masker, MaskResult, SkipSample
 from dolos_bench.builder.masks.common import (
     DEFAULT_MAX_TRIES,
+    Area,
+    AreaBounds,
     area_fraction,
-    check_area_bounds,
-    check_number,
-    check_range,
     image_hw,
     in_bounds,
 )
+from dolos_bench.utils.numbers import number, pair
 
 _SHIFT = 4  # cv2 fixed-point bits: vertices keep 1/16 px precision, so scaling stays smooth
 _ONE = 1 << _SHIFT
@@ -54,6 +55,22 @@ class StrokeMasker(Masker):
 
     name: ClassVar[str] = "strokes"
 
+    class Config(AreaBounds):
+        strokes: Annotated[tuple[int, int], pair(integer=True, lo=1)] = (1, 5)
+        max_vertices: Annotated[int, number(integer=True, lo=2)] = 6
+        max_length: Annotated[float, number(lo=0.0, hi=2.0, lo_open=True)] = 0.3
+        width: Annotated[tuple[float, float], pair(lo=0.0, hi=1.0)] = (0.04, 0.12)
+        max_angle: Annotated[float, number(lo=0.0, hi=math.pi)] = 1.5
+        min_area: Area = 0.05
+        max_area: Area = 0.4
+        max_tries: Annotated[int, number(integer=True, lo=1)] = DEFAULT_MAX_TRIES
+
+        @model_validator(mode="after")
+        def _brush(self):  # noqa: ANN202 - pydantic reads no annotation here
+            if self.width[1] <= 0.0:
+                raise ValueError(f"width must allow a brush wider than 0, got {list(self.width)!r}")
+            return self
+
     def __init__(
         self,
         *,
@@ -66,20 +83,12 @@ class StrokeMasker(Masker):
         max_area: float = 0.4,
         max_tries: int = DEFAULT_MAX_TRIES,
     ) -> None:
-        owner = type(self).__name__
-        self.strokes = check_range(owner, "strokes", strokes, integer=True, lo=1)
-        self.max_vertices = int(check_number(owner, "max_vertices", max_vertices, integer=True, lo=2))
-        self.max_length = float(check_number(owner, "max_length", max_length, lo=0.0, hi=2.0))
-        if self.max_length <= 0.0:
-            raise ValueError(f"{owner}: max_length must be > 0, got {max_length!r}")
-        self.width = check_range(owner, "width", width, lo=0.0, hi=1.0)
-        if self.width[1] <= 0.0:
-            raise ValueError(f"{owner}: width must allow a brush wider than 0, got {width!r}")
-        self.max_angle = float(check_number(owner, "max_angle", max_angle, lo=0.0, hi=math.pi))
-        self.min_area, self.max_area = check_area_bounds(owner, min_area, max_area)
-        self.max_tries = int(check_number(owner, "max_tries", max_tries, integer=True, lo=1))
+        self.configure(
+            strokes=strokes, max_vertices=max_vertices, max_length=max_length, width=width,
+            max_angle=max_angle, min_area=min_area, max_area=max_area, max_tries=max_tries,
+        )
 
-    def config(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return {
             "strokes": list(self.strokes),
             "max_vertices": self.max_vertices,

@@ -4,6 +4,9 @@ They are built through the pydantic models (so they are valid by construction) w
 numbers: three localizers on one Dolos-like test split, one of them without image-level scores
 (its image metrics are missing) and one not scored on every generator, plus a JPEG/blur/resize
 stress sweep of one of them. Deterministic: re-running gives the same bytes.
+
+They are schema 1.0 files (no recorded metric directions) on purpose: the leaderboard tests then
+show that files written before schema 1.1 still load and rank by the metric table's directions.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def eval_result(
     per_gen = {g: headline(rng, max(0.02, iou + rng.normal(0, 0.08)), image, 1 / len(GENERATORS)) for g in generators}
     per_part = {p: headline(rng, max(0.02, iou + rng.normal(0, 0.05)), image, 1 / len(PARTS)) for p in PARTS}
     return Results(
+        schema_version="1.0",
         kind="eval",
         model=model,
         dataset=DatasetInfo(path="data/dolos-celebahq-inpaint", fingerprint=FINGERPRINT, split="test",

@@ -1,0 +1,370 @@
+"""The stage workers of a build: prepare (load, preprocess, mask), inpaint, finish (perturb, encode).
+
+Two kinds of :class:`~dolos_bench.engine.Worker` run them, each built once per process:
+
+* :class:`CpuStages` holds the recipe's sources, maskers and perturbation chains (and the
+  generators that run on the CPU workers themselves). It checks source items while planning,
+  keeping their preprocessed pixels for the samples (up to a memory budget), prepares a shard's
+  samples, and finishes a shard: perturbs, encodes and writes its parquet file into the build's
+  state folder, so that only file names and counts travel back to the parent.
+* :class:`InpaintStage` holds one generator on its device and inpaints batches of up to the
+  generator's ``max_batch`` images. A GPU generator is fed this way by the CPU workers, through
+  the parent, without every CPU worker loading its weights.
+
+Every random stream is keyed by ``(recipe seed, sample id)`` (see :mod:`dolos_bench.seeding`),
+so a sample's bytes do not depend on which worker made it, on the batch it was inpainted in, or
+on the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..data.dataset_io import DatasetFolder, StagedShard
+from ..data.images import ImageLoadError, encode_png, preprocess
+from ..data.schema import FAKE, REAL
+from ..engine import Worker
+from ..registry import GENERATORS, MASKERS
+from ..seeding import rng_for
+from .base import Generator, Masker, SkipSample
+from .plan import CheckJob, ItemCheck, PlannedSample, build_sources, choose, decode_item
+from .recipe import Recipe
+
+# -- what travels between the parent and the workers ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSetup:
+    """What every CPU stage worker of one build is built from (picklable)."""
+
+    recipe_json: str
+    out: str  # the dataset folder: workers stage finished shards in its state folder
+    local_generators: tuple[int, ...]  # generators these workers run themselves (the others: InpaintStage)
+    cache_bytes: int  # preprocessed pixels each worker may keep from planning for the samples
+
+
+@dataclass(frozen=True)
+class CheckBlock:
+    """Source items to check while planning, neighbours in shard order (see :class:`~.plan.CheckJob`)."""
+
+    jobs: list[CheckJob]
+    home: int | None = None  # the worker that will make the shard these items mostly fall in
+
+    def home_of(self) -> int | None:
+        return self.home
+
+    def describe(self) -> str:
+        return f"checking {len(self.jobs)} source item(s) from {self.jobs[0].ref!r}" if self.jobs else "checking"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard's samples. ``whole``: prepare, inpaint (every generator is local) and finish here;
+    otherwise only prepare, and the parent sends the fakes to the inpaint stage.
+
+    ``release`` names the items whose kept pixels no later shard needs.
+    """
+
+    name: str
+    split: str
+    samples: list[PlannedSample]
+    release: frozenset[str]
+    whole: bool
+    schema: pa.Schema | None
+    home: int | None = None  # the worker holding most of its items' pixels
+
+    def home_of(self) -> int | None:
+        return self.home
+
+    def describe(self) -> str:
+        return f"shard {self.name}"
+
+
+@dataclass
+class Prepared:
+    """One sample after the prepare stage: its image and mask, or why it was skipped."""
+
+    sample: PlannedSample
+    image: np.ndarray | None
+    mask: np.ndarray | None
+    parts: list[str] = field(default_factory=list)
+    masker: int | None = None
+    masker_config: dict[str, Any] = field(default_factory=dict)  # {"type", **identity, **info}
+    generator_config: str = "{}"  # set once inpainted
+    skip: str | None = None
+
+    @property
+    def needs_inpainting(self) -> bool:
+        return self.skip is None and self.sample.generator_index is not None
+
+
+@dataclass(frozen=True)
+class FinishJob:
+    """A prepared (and inpainted) shard to perturb, encode and write."""
+
+    name: str
+    split: str
+    prepared: list[Prepared]
+    schema: pa.Schema | None
+
+    def describe(self) -> str:
+        return f"shard {self.name}"
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    """A finished shard, staged in the state folder: the parent commits it in plan order."""
+
+    staged: StagedShard
+    skipped: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class InpaintBatch:
+    """Fakes of one generator: images, masks and the sample ids their randomness is keyed by."""
+
+    sample_ids: list[str]
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    def describe(self) -> str:
+        return f"inpainting {', '.join(self.sample_ids[:3])}{' ...' if len(self.sample_ids) > 3 else ''}"
+
+
+@dataclass(frozen=True)
+class Inpainted:
+    """An inpaint batch's outputs (an image, or the skip reason of a :class:`SkipSample`) and the
+    identity of the generator that made them, for the samples' ``generator_config``."""
+
+    outputs: list[np.ndarray | str]
+    identity: dict[str, Any]
+
+
+# -- the stage functions ------------------------------------------------------------------------------
+
+
+def batches(items: list[Any], size: int | None) -> list[list[Any]]:
+    """``items`` in consecutive batches of ``size`` (all of them at once for None)."""
+    if not items:
+        return []
+    step = len(items) if size is None else max(1, size)
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+def inpaint(generator: Generator, seed: int, batch: InpaintBatch) -> list[np.ndarray | str]:
+    """One ``inpaint_batch`` call; a :class:`SkipSample` is narrowed down to the samples that raise it.
+
+    Each sample gets its own stream (``rng_for(seed, sample id, "generator")``), fresh for every
+    call, so a retry one by one gives what the batch would have.
+    """
+    rngs = [rng_for(seed, sample_id, "generator") for sample_id in batch.sample_ids]
+    try:
+        outputs = generator.inpaint_batch(list(batch.images), list(batch.masks), rngs)
+    except SkipSample as exc:
+        if len(batch.sample_ids) == 1:
+            return [str(exc)]
+        return [inpaint(generator, seed, InpaintBatch([s], [i], [m]))[0]
+                for s, i, m in zip(batch.sample_ids, batch.images, batch.masks)]
+    if len(outputs) != len(batch.sample_ids):
+        raise RuntimeError(f"{type(generator).__name__}.inpaint_batch returned {len(outputs)} images"
+                           f" for {len(batch.sample_ids)}")
+    return list(outputs)
+
+
+def generator_config(recipe: Recipe, index: int, identity: dict[str, Any], masker_config: dict[str, Any]) -> str:
+    """The ``generator_config`` column: generator type and identity, and the masker that chose the region."""
+    return json.dumps({"type": recipe.generators[index].type, **identity, "masker": masker_config},
+                      sort_keys=True, default=str)
+
+
+def fill(recipe: Recipe, index: int, prepared: list[Prepared], result: Inpainted) -> None:
+    """Put an inpaint batch's outputs into the prepared samples they were made for."""
+    for item, output in zip(prepared, result.outputs):
+        if isinstance(output, str):
+            item.image, item.skip = None, output
+        else:
+            item.image = output
+            item.generator_config = generator_config(recipe, index, result.identity, item.masker_config)
+
+
+def inpaint_batches(recipe: Recipe, index: int, prepared: list[Prepared], size: int | None) -> list[tuple[list[Prepared], InpaintBatch]]:
+    """The fakes of generator ``index`` among ``prepared``, as batches of at most ``size``."""
+    todo = [p for p in prepared if p.needs_inpainting and p.sample.generator_index == index]
+    return [(group, InpaintBatch([p.sample.sample_id for p in group], [p.image for p in group],
+                                 [p.mask for p in group]))
+            for group in batches(todo, size)]
+
+
+def _build_stage(registry: Any, spec: Any, device: str) -> Any:
+    """A recipe stage from its registry entry, set up (weights loaded) for this worker's device."""
+    stage = registry.create(spec.type, **spec.params)
+    setup = getattr(stage, "setup", None)
+    if setup is not None:
+        setup(device)
+    return stage
+
+
+# -- the workers ----------------------------------------------------------------------------------------
+
+
+class CpuStages(Worker):
+    """Checks source items and prepares and finishes shards; built once per process."""
+
+    def __init__(self, spec: StageSetup, device: str) -> None:
+        from ..perturbations import parse_chain
+
+        super().__init__(spec, device)
+        self.recipe = recipe = Recipe.model_validate_json(spec.recipe_json)
+        self.sources = build_sources(recipe)
+        self.maskers: list[Masker] = [_build_stage(MASKERS, m, device) for m in recipe.maskers]
+        self.generators: dict[int, Generator] = {
+            g: _build_stage(GENERATORS, recipe.generators[g], device) for g in spec.local_generators}
+        self.chains = [parse_chain(c) for c in recipe.perturbations.chains]
+        self.folder = DatasetFolder(Path(spec.out))
+        self.kept: dict[str, np.ndarray] = {}  # item key -> preprocessed pixels, from planning
+        self.kept_bytes = 0
+
+    def __call__(self, unit: CheckBlock | ShardJob | FinishJob) -> Any:
+        if isinstance(unit, CheckBlock):
+            return [self.check(job) for job in unit.jobs]
+        if isinstance(unit, ShardJob):
+            prepared = self.prepare(unit.samples, unit.release)
+            if not unit.whole:
+                return prepared
+            for index, generator in self.generators.items():
+                for group, batch in inpaint_batches(self.recipe, index, prepared, generator.max_batch):
+                    fill(self.recipe, index, group,
+                         Inpainted(inpaint(generator, self.recipe.seed, batch), generator.identity()))
+            return self.finish(unit.name, prepared, unit.schema)
+        return self.finish(unit.name, unit.prepared, unit.schema)
+
+    # -- planning ---------------------------------------------------------------------------------
+    def check(self, job: CheckJob) -> ItemCheck:
+        """The item's check; its preprocessed pixels are kept for the samples while the budget lasts."""
+        result, loaded = decode_item(self.sources[job.source_index], job.ref, self.recipe)
+        size = 3 * self.recipe.resolution**2
+        if loaded is None or self.kept_bytes + size > self.spec.cache_bytes or job.key in self.kept:
+            return result
+        image, _ = self._preprocess(loaded)
+        if image is None:
+            return result
+        self.kept[job.key] = image
+        self.kept_bytes += image.nbytes
+        return replace(result, held_by=self.index)
+
+    # -- prepare ----------------------------------------------------------------------------------
+    def _preprocess(self, loaded: Any) -> tuple[np.ndarray | None, str | None]:
+        p = self.recipe.preprocess
+        try:
+            return preprocess(loaded, self.recipe.resolution, crop=p.crop, upscale=p.upscale,
+                              interpolation=p.interpolation).array, None
+        except ImageLoadError as exc:
+            return None, str(exc)
+
+    def _pixels(self, sample: PlannedSample, release: frozenset[str]) -> tuple[np.ndarray | None, str | None]:
+        """The preprocessed image of a sample's item: kept from planning, or decoded again."""
+        key = sample.item_key
+        image = self.kept.pop(key, None) if key in release else self.kept.get(key)
+        if key in release and image is not None:
+            self.kept_bytes -= image.nbytes
+        if image is not None:
+            return image, None
+        # The plan decoded this item already; a failure here means the file changed since.
+        result, loaded = decode_item(self.sources[sample.source_index], sample.ref, self.recipe)
+        if loaded is None:
+            return None, result.error
+        return self._preprocess(loaded)
+
+    def prepare(self, samples: list[PlannedSample], release: frozenset[str]) -> list[Prepared]:
+        """Load (once per item) and mask every sample of a shard."""
+        images: dict[str, tuple[np.ndarray | None, str | None]] = {}
+        prepared = []
+        for sample in samples:
+            if sample.item_key not in images:
+                images[sample.item_key] = self._pixels(sample, release)
+            image, error = images[sample.item_key]
+            prepared.append(self._mask(sample, image) if image is not None else Prepared(sample, None, None, skip=error))
+        return prepared
+
+    def _mask(self, sample: PlannedSample, image: np.ndarray) -> Prepared:
+        recipe = self.recipe
+        if sample.generator_index is None:
+            return Prepared(sample, image, np.zeros(image.shape[:2], dtype=np.uint8))
+        m = choose(rng_for(recipe.seed, sample.mask_key, "masker"), [s.weight for s in recipe.maskers])
+        try:
+            result = self.maskers[m](image, rng_for(recipe.seed, sample.mask_key, "mask"))
+        except SkipSample as exc:
+            return Prepared(sample, None, None, skip=str(exc))
+        return Prepared(sample, image, result.mask, parts=list(result.parts), masker=m,
+                        masker_config={"type": recipe.maskers[m].type, **self.maskers[m].identity(), **result.info})
+
+    # -- finish -----------------------------------------------------------------------------------
+    def finish(self, name: str, prepared: list[Prepared], schema: pa.Schema | None) -> ShardDone:
+        """Perturb and encode every sample of a shard and stage its parquet file."""
+        rows, skipped = [], []
+        for item in prepared:
+            row, reason = self._row(item)
+            if row is not None:
+                rows.append(row)
+            else:
+                s = item.sample
+                skipped.append({"id": s.sample_id, "label": s.label, "source": s.source_name,
+                                "source_id": s.source_id, "path": s.path, "reason": reason or ""})
+        return ShardDone(self.folder.stage_shard(name, rows, schema), skipped)
+
+    def _row(self, item: Prepared) -> tuple[dict[str, Any] | None, str | None]:
+        recipe, sample = self.recipe, item.sample
+        if item.skip is not None or item.image is None or item.mask is None:
+            return None, item.skip
+        image, mask = item.image, item.mask
+        chain_spec: list[dict[str, Any]] = []
+        if sample.chain is not None:
+            chain = self.chains[sample.chain]
+            try:
+                image, mask = chain.apply(image, mask, rng_for(recipe.seed, sample.sample_id, "perturbation"))
+            except SkipSample as exc:
+                return None, str(exc)
+            chain_spec = chain.identity()
+        level = recipe.output.png_compress_level
+        fake = sample.generator_index is not None
+        return {
+            "id": sample.sample_id,
+            "image": {"bytes": encode_png(np.ascontiguousarray(image), level), "path": None},
+            "mask": {"bytes": encode_png(np.ascontiguousarray(mask), level), "path": None},
+            "label": FAKE if fake else REAL,
+            "source": sample.source_name,
+            "source_id": sample.source_id,
+            "generator": recipe.generators[sample.generator_index].label if fake else "real",
+            "generator_config": item.generator_config,
+            "masker": recipe.maskers[item.masker].label if item.masker is not None else "",
+            "parts": item.parts,
+            "perturbations": json.dumps(chain_spec, sort_keys=True),
+            "seed": sample.seed,
+            "split": sample.split,
+        }, None
+
+
+@dataclass(frozen=True)
+class InpaintSetup:
+    """What an inpaint worker is built from: the recipe and which of its generators it holds."""
+
+    recipe_json: str
+    generator: int
+
+
+class InpaintStage(Worker):
+    """Holds one generator on its device; turns inpaint batches into images."""
+
+    def __init__(self, spec: InpaintSetup, device: str) -> None:
+        super().__init__(spec, device)
+        self.recipe = Recipe.model_validate_json(spec.recipe_json)
+        self.generator: Generator = _build_stage(GENERATORS, self.recipe.generators[spec.generator], device)
+
+    def __call__(self, batch: InpaintBatch) -> Inpainted:
+        return Inpainted(inpaint(self.generator, self.recipe.seed, batch), self.generator.identity())
