@@ -450,3 +450,23 @@ def test_a_cuda_probe_warning_goes_into_the_error(monkeypatch: pytest.MonkeyPatc
         warnings.simplefilter("error")
         with pytest.raises(DeviceError, match=r"no CUDA GPU is visible.*torch said: CUDA initialization: the NVIDIA driver"):
             resolve_device("cuda")
+
+
+def test_a_bad_device_is_refused_before_the_data_is_opened(tmp_path, monkeypatch) -> None:
+    """The device check comes first: a Hub id would otherwise cost network retries before the refusal."""
+    from dolos_bench.eval import runner, stress
+    from dolos_bench.eval.config import ScoringConfig
+    from dolos_bench.eval.localizers import DeviceError
+    from dolos_bench.eval.runner import run_eval
+    from dolos_bench.eval.stress import run_stress
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was opened before the device was checked")
+
+    monkeypatch.setattr(runner, "open_scored_split", no_data)
+    monkeypatch.setattr(stress, "open_scored_split", no_data)
+    config = ScoringConfig(model="noise", data="hf://someone/faces", device="gpu")
+    with pytest.raises(DeviceError, match="unknown device 'gpu'"):
+        run_eval(config)
+    with pytest.raises(DeviceError, match="unknown device 'gpu'"):
+        run_stress(config, out=tmp_path / "s.json")

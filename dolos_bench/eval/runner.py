@@ -31,7 +31,7 @@ from dolos_bench.data.reader import DataOrigin, Split, open_split
 from dolos_bench.utils.files import atomic_output
 
 from .api import LocalizerError
-from .localizers import load_localizer
+from .localizers import load_localizer, resolve_device
 from .predictions import PredictionsLocalizer, dataset_split_ids
 from .metrics import MetricState
 from .protocols import Protocol, dolos_results, get_protocol
@@ -184,6 +184,7 @@ def _run_eval(config: ScoringConfig, proto: Protocol, interruption: Interruption
     """:func:`run_eval` once its arguments are checked; fills ``interruption`` as it goes."""
     start = time.perf_counter()
     data, split = config.data, config.split
+    resolve_device(config.device)  # a bad --device fails before the data is opened (a Hub id is slow)
     ds, split_samples = open_scored_split(data, split, config.limit)
     ids = ds.column("id")
     localizer = load_localizer(config.model, device=config.device, options=dict(config.options))

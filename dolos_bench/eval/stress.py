@@ -39,7 +39,7 @@ from ..errors import UserError
 from ..utils.text import slugify
 from dolos_bench.registry import did_you_mean
 
-from .localizers import load_localizer
+from .localizers import load_localizer, resolve_device
 from .protocols import Protocol, get_protocol
 from ..metric_specs import higher_is_better, metric_names
 from ..results import (
@@ -206,6 +206,7 @@ class _Sweep:
         start = time.perf_counter()
         proto = self.proto
         config = self.config
+        resolve_device(config.device)  # a bad --device fails before the data is opened (a Hub id is slow)
         ds, split_samples = open_scored_split(config.data, config.split, config.limit)
         ids = ds.column("id")
         localizer = load_localizer(config.model, device=config.device, options=dict(config.options))
