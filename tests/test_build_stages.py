@@ -18,7 +18,8 @@ from dolos_bench.builder.base import Generator, SkipSample
 from dolos_bench.builder.pipeline import BuildInterrupted, build_sources, make_plan, run_build
 from dolos_bench.builder.plan import choose
 from dolos_bench.builder.recipe import load_recipe
-from dolos_bench.builder.stages import InpaintBatch, batches, inpaint
+from dolos_bench.builder.stages import (CpuStages, InpaintBatch, ShardJob, StageCancelled, StageSetup, batches,
+                                        inpaint)
 from dolos_bench.data.images import encode_png, load_rgb, preprocess
 from dolos_bench.data.sources import FolderSource
 from dolos_bench.perturbations import parse_chain
@@ -276,3 +277,14 @@ def test_rows_written_by_workers_equal_rows_through_the_features(tmp_path):
     fast = folder.stage_shard("b.parquet", rows, shard_schema())
     assert plain.sha256 == fast.sha256 and plain.path.read_bytes() == fast.path.read_bytes()
     assert Image.open(io.BytesIO(pq.read_table(fast.path).to_pylist()[0]["image"]["bytes"])).size == (4, 4)
+
+
+def test_a_cancelled_stage_worker_stops_at_its_next_sample(tmp_path, src):
+    """Ctrl-C reaches the worker the parent runs in a thread this way: it stops within a sample."""
+    recipe = _recipe(tmp_path, src, generators=[{"type": "telea"}])
+    worker = CpuStages(StageSetup(recipe.model_dump_json(), str(tmp_path / "out"), (0,), 1 << 20), "cpu")
+    name, split, members = make_plan(recipe, build_sources(recipe)).shards[0]
+    job = ShardJob(name, split, members, frozenset(), True, None)
+    worker.cancel()
+    with pytest.raises(StageCancelled):
+        worker(job)

@@ -48,7 +48,8 @@ def test_unordered_gives_every_index_once() -> None:
     assert sorted(got) == list(range(7)) and got[5][0] == 25
 
 
-@pytest.mark.parametrize("engine", [InlineEngine(), ProcessEngine()], ids=["inline", "processes"])
+@pytest.mark.parametrize("engine", [InlineEngine(), ProcessEngine(), ProcessEngine(parent_works=True)],
+                         ids=["inline", "processes", "parent-works"])
 def test_a_failing_unit_raises_its_own_error_naming_the_unit(engine) -> None:
     plan = WorkerPlan(FACTORY, {"fail_on": 3}, workers=2)
     with pytest.raises(ValueError, match="cannot square 3") as err:
@@ -87,3 +88,12 @@ def test_two_maps_can_share_a_pool_one_feeding_the_other() -> None:
 def test_workers_know_their_index() -> None:
     plan = WorkerPlan(FACTORY, {}, workers=3)
     assert [plan.build(i).index for i in range(3)] == [0, 1, 2]
+
+
+def test_the_parent_can_be_worker_0_while_the_processes_start() -> None:
+    plan = WorkerPlan(FACTORY, {}, workers=2, devices=("cuda:0", "cuda:1"))
+    with ProcessEngine(parent_works=True).start(plan) as pool:
+        out = list(pool.map(range(60), home=lambda u: u % 2))
+    assert [o[0] for o in out] == [i * i for i in range(60)]
+    assert {o[2] for o in out if o[1] == "cuda:0"} == {os.getpid()}  # worker 0: a thread of this process
+    assert os.getpid() not in {o[2] for o in out if o[1] == "cuda:1"}

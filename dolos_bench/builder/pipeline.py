@@ -7,9 +7,10 @@ pixels for the samples (so a build decodes each image once). Each pending shard 
 worker that holds most of its pixels: there it is prepared (masked), inpainted by the generators
 that run on the CPU workers, perturbed, encoded and written as a parquet file into the state
 folder. Generators given their own devices run in their own pools, one generator per worker, fed
-batches of the prepared fakes; the shard is finished by a CPU worker afterwards. The parent only
-renames each finished shard into ``data/`` and records it, in plan order, so the bytes do not
-depend on ``--workers``.
+batches of the prepared fakes; the shard is finished by a CPU worker afterwards. The parent
+renames each finished shard into ``data/`` and records it, in plan order (it writes the last few
+itself, from parts made by several workers, so that none waits for another at the end). Every
+byte depends only on the recipe and the sources, never on ``--workers``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from itertools import groupby
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..data.dataset_io import DatasetFolder, ShardRecord, shard_schema
+from ..data.dataset_io import DatasetFolder, ShardRecord, StagedShard, shard_schema
 from ..engine import Pool, WorkerPlan, engine_for
 from ..registry import GENERATORS
 from .plan import (CheckJob, Checker, FileAccount, ItemCheck, Plan, PlannedSample, build_sources, make_plan,
@@ -104,9 +105,44 @@ def _shard_jobs(plan: Plan, pending: list[tuple[str, str, list[PlannedSample]]],
     return jobs
 
 
+def _dispatch_order(jobs: list[ShardJob], workers: int) -> tuple[list[ShardJob], list[int]]:
+    """The units to run, and the plan position of the shard each belongs to.
+
+    Biggest shards first, so that the last to finish are small; and the last ``2 x workers``
+    are cut into one part per worker, so that no worker waits long for another at the end.
+    The shards are still committed in plan order (the others wait, staged).
+    """
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].samples))
+    split_from = len(order) - 2 * workers if workers > 1 else len(order)
+    units, owner = [], []
+    for rank, i in enumerate(order):
+        job = jobs[i]
+        parts = workers if rank >= split_from and len(job.samples) >= workers else 1
+        if parts == 1:
+            units.append(job)
+            owner.append(i)
+            continue
+        cut = [len(job.samples) * k // parts for k in range(parts + 1)]
+        pieces = [job.samples[a:b] for a, b in zip(cut, cut[1:])]
+        for k, members in enumerate(pieces):
+            later = {s.item_key for piece in pieces[k + 1 :] for s in piece}  # an item may span two parts
+            release = frozenset(s.item_key for s in members if s.item_key in job.release and s.item_key not in later)
+            units.append(replace(job, samples=members, release=release, part=True))
+            owner.append(i)
+    return units, owner
+
+
+def _assemble(folder: DatasetFolder, name: str, done: list[ShardDone], schema: Any) -> tuple[StagedShard, list[dict[str, str]]]:
+    """A shard's staged file and skips: as a worker staged it, or written here from its parts, in order."""
+    skipped = [entry for part in done for entry in part.skipped]
+    if len(done) == 1 and done[0].staged is not None:
+        return done[0].staged, skipped
+    return folder.stage_shard(name, [row for part in done for row in part.rows or []], schema), skipped
+
+
 def _made(recipe: Recipe, cpu: Pool, inpainters: dict[int, Pool], jobs: list[ShardJob]) -> Iterator[ShardDone]:
-    """Finished shards in plan order: made whole on the CPU workers, or prepared there, inpainted
-    by each generator's pool in batches, and finished on the CPU workers."""
+    """Finished shards (or parts), in the order of ``jobs``: made whole on the CPU workers, or
+    prepared there, inpainted by each generator's pool in batches, and finished on the CPU workers."""
     made = cpu.map(jobs, describe=ShardJob.describe, home=ShardJob.home_of)
     if not inpainters:
         yield from made
@@ -120,7 +156,7 @@ def _made(recipe: Recipe, cpu: Pool, inpainters: dict[int, Pool], jobs: list[Sha
                 results = pool.map([batch for _, batch in pairs], describe=InpaintBatch.describe)
                 for (group, _), result in zip(pairs, results):
                     fill(recipe, index, group, result)
-            yield FinishJob(job.name, job.split, prepared, job.schema)
+            yield FinishJob(job.name, job.split, prepared, job.schema, job.part)
 
     yield from cpu.map(inpainted(), describe=FinishJob.describe)
 
@@ -189,7 +225,8 @@ def run_build(
     setup = StageSetup(recipe.model_dump_json(), os.path.abspath(out), local, KEEP_BYTES // max(1, workers))
     try:
         with ExitStack() as stack:
-            cpu = stack.enter_context(engine_for(workers, preload=PRELOAD).start(WorkerPlan(CpuStages, setup, workers)))
+            engine = engine_for(workers, preload=PRELOAD, parent_works=True)  # CPU work: the parent too
+            cpu = stack.enter_context(engine.start(WorkerPlan(CpuStages, setup, workers)))
 
             def open_inpainters() -> dict[int, Pool]:
                 if not remote:
@@ -250,20 +287,27 @@ def _build(
     written = 0
     if pending:
         inpainters = open_inpainters()
-        jobs = _shard_jobs(plan, pending, whole=not inpainters, schema=schema.result())
-        finished = _made(recipe, cpu, inpainters, jobs)
+        schema_now = schema.result()
+        jobs = _shard_jobs(plan, pending, whole=not inpainters, schema=schema_now)
+        units, owner = _dispatch_order(jobs, cpu.workers)
+        finished = _made(recipe, cpu, inpainters, units)
+        arrived: dict[int, list[ShardDone]] = {}
         try:
-            for (name, split, members), shard in zip(pending, finished):
-                for _ in members:
-                    done += 1
-                    if progress:
-                        progress(done, total)
-                records[name] = folder.commit_shard(name, split, shard.staged, shard.skipped, [])
-                written += 1
-                tally.kept += 1
-                if stop_after_shards is not None and written >= stop_after_shards and written < len(pending):
-                    raise BuildInterrupted(f"stopped after {written} new shard(s) as asked", out=out,
-                                           kept=tally.kept, total=tally.total)
+            for position, shard in zip(owner, finished):
+                arrived.setdefault(position, []).append(shard)
+                while written in arrived and len(arrived[written]) == owner.count(written):
+                    name, split, members = pending[written]
+                    staged, skipped = _assemble(folder, name, arrived.pop(written), schema_now)
+                    for _ in members:
+                        done += 1
+                        if progress:
+                            progress(done, total)
+                    records[name] = folder.commit_shard(name, split, staged, skipped, [])
+                    written += 1
+                    tally.kept += 1
+                    if stop_after_shards is not None and written >= stop_after_shards and written < len(pending):
+                        raise BuildInterrupted(f"stopped after {written} new shard(s) as asked", out=out,
+                                               kept=tally.kept, total=tally.total)
         finally:
             finished.close()  # cancels the shards still queued on the workers
 

@@ -19,6 +19,7 @@ on the number of workers.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ from .plan import CheckJob, ItemCheck, PlannedSample, build_sources, choose, dec
 from .recipe import Recipe
 
 # -- what travels between the parent and the workers ------------------------------------------------
+
+
+class StageCancelled(Exception):
+    """A unit abandoned halfway because the build was interrupted; nothing it made is kept."""
+
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class ShardJob:
     whole: bool
     schema: pa.Schema | None
     home: int | None = None  # the worker holding most of its items' pixels
+    pixels: dict[str, np.ndarray] = field(default_factory=dict)  # brought along from its home (Worker.travel)
+    part: bool = False  # one of several parts of the shard: return its rows, the parent writes the file
 
     def home_of(self) -> int | None:
         return self.home
@@ -112,6 +120,7 @@ class FinishJob:
     split: str
     prepared: list[Prepared]
     schema: pa.Schema | None
+    part: bool = False  # one of several parts of the shard: return its rows, the parent writes the file
 
     def describe(self) -> str:
         return f"shard {self.name}"
@@ -119,10 +128,15 @@ class FinishJob:
 
 @dataclass(frozen=True)
 class ShardDone:
-    """A finished shard, staged in the state folder: the parent commits it in plan order."""
+    """A finished shard, staged in the state folder: the parent commits it in plan order.
 
-    staged: StagedShard
+    A part of a shard brings its rows instead (``staged`` is None): the parent stages the shard
+    from its parts, in order.
+    """
+
+    staged: StagedShard | None
     skipped: list[dict[str, str]]
+    rows: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,22 +243,50 @@ class CpuStages(Worker):
         self.folder = DatasetFolder(Path(spec.out))
         self.kept: dict[str, np.ndarray] = {}  # item key -> preprocessed pixels, from planning
         self.kept_bytes = 0
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the unit running in the parent's worker thread at its next sample (Ctrl-C)."""
+        self._cancelled.set()
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise StageCancelled("the build was interrupted")
 
     def __call__(self, unit: CheckBlock | ShardJob | FinishJob) -> Any:
         if isinstance(unit, CheckBlock):
-            return [self.check(job) for job in unit.jobs]
+            return self.check_block(unit)
         if isinstance(unit, ShardJob):
-            prepared = self.prepare(unit.samples, unit.release)
+            prepared = self.prepare(unit.samples, unit.release, unit.pixels)
             if not unit.whole:
                 return prepared
             for index, generator in self.generators.items():
                 for group, batch in inpaint_batches(self.recipe, index, prepared, generator.max_batch):
                     fill(self.recipe, index, group,
                          Inpainted(inpaint(generator, self.recipe.seed, batch), generator.identity()))
-            return self.finish(unit.name, prepared, unit.schema)
-        return self.finish(unit.name, unit.prepared, unit.schema)
+            return self.finish(unit.name, prepared, unit.schema, unit.part)
+        return self.finish(unit.name, unit.prepared, unit.schema, unit.part)
+
+    def travel(self, unit: CheckBlock | ShardJob | FinishJob) -> Any:
+        """A shard made elsewhere takes the pixels this worker kept for it (cheaper than decoding)."""
+        if not isinstance(unit, ShardJob):
+            return unit
+        pixels = {}
+        for key in {s.item_key for s in unit.samples}:
+            image = self.kept.pop(key, None) if key in unit.release else self.kept.get(key)
+            if image is not None:
+                pixels[key] = image
+                self.kept_bytes -= image.nbytes if key in unit.release else 0
+        return replace(unit, pixels=pixels)
 
     # -- planning ---------------------------------------------------------------------------------
+    def check_block(self, block: CheckBlock) -> list[ItemCheck]:
+        checks = []
+        for job in block.jobs:
+            self._check_cancelled()
+            checks.append(self.check(job))
+        return checks
+
     def check(self, job: CheckJob) -> ItemCheck:
         """The item's check; its preprocessed pixels are kept for the samples while the budget lasts."""
         result, loaded = decode_item(self.sources[job.source_index], job.ref, self.recipe)
@@ -267,9 +309,12 @@ class CpuStages(Worker):
         except ImageLoadError as exc:
             return None, str(exc)
 
-    def _pixels(self, sample: PlannedSample, release: frozenset[str]) -> tuple[np.ndarray | None, str | None]:
-        """The preprocessed image of a sample's item: kept from planning, or decoded again."""
+    def _pixels(self, sample: PlannedSample, release: frozenset[str],
+                brought: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str | None]:
+        """The preprocessed image of a sample's item: brought along, kept from planning, or decoded again."""
         key = sample.item_key
+        if key in brought:
+            return brought[key], None
         image = self.kept.pop(key, None) if key in release else self.kept.get(key)
         if key in release and image is not None:
             self.kept_bytes -= image.nbytes
@@ -281,13 +326,15 @@ class CpuStages(Worker):
             return None, result.error
         return self._preprocess(loaded)
 
-    def prepare(self, samples: list[PlannedSample], release: frozenset[str]) -> list[Prepared]:
+    def prepare(self, samples: list[PlannedSample], release: frozenset[str],
+                brought: dict[str, np.ndarray] | None = None) -> list[Prepared]:
         """Load (once per item) and mask every sample of a shard."""
         images: dict[str, tuple[np.ndarray | None, str | None]] = {}
         prepared = []
         for sample in samples:
+            self._check_cancelled()
             if sample.item_key not in images:
-                images[sample.item_key] = self._pixels(sample, release)
+                images[sample.item_key] = self._pixels(sample, release, brought or {})
             image, error = images[sample.item_key]
             prepared.append(self._mask(sample, image) if image is not None else Prepared(sample, None, None, skip=error))
         return prepared
@@ -305,10 +352,11 @@ class CpuStages(Worker):
                         masker_config={"type": recipe.maskers[m].type, **self.maskers[m].identity(), **result.info})
 
     # -- finish -----------------------------------------------------------------------------------
-    def finish(self, name: str, prepared: list[Prepared], schema: pa.Schema | None) -> ShardDone:
-        """Perturb and encode every sample of a shard and stage its parquet file."""
+    def finish(self, name: str, prepared: list[Prepared], schema: pa.Schema | None, part: bool = False) -> ShardDone:
+        """Perturb and encode every sample of a shard and stage its parquet file (or return the rows of a part)."""
         rows, skipped = [], []
         for item in prepared:
+            self._check_cancelled()
             row, reason = self._row(item)
             if row is not None:
                 rows.append(row)
@@ -316,6 +364,8 @@ class CpuStages(Worker):
                 s = item.sample
                 skipped.append({"id": s.sample_id, "label": s.label, "source": s.source_name,
                                 "source_id": s.source_id, "path": s.path, "reason": reason or ""})
+        if part:
+            return ShardDone(None, skipped, rows)
         return ShardDone(self.folder.stage_shard(name, rows, schema), skipped)
 
     def _row(self, item: Prepared) -> tuple[dict[str, Any] | None, str | None]:

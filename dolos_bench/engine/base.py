@@ -43,6 +43,17 @@ class Worker(ABC, Generic[In, Out]):
     def close(self) -> None:
         """Release models and files; called once when the pool stops."""
 
+    def cancel(self) -> None:
+        """Ask the unit running in another thread of this process to stop soon (Ctrl-C): it may
+        raise instead of finishing. Engines call it for a worker they run in a thread."""
+
+    def travel(self, unit: In) -> In:
+        """``unit`` as it goes to another worker, with what this worker holds for it (pixels it
+        decoded earlier), so the other need not redo that work. Called only where this worker's
+        memory is at hand (the parent's own worker); the default adds nothing.
+        """
+        return unit
+
 
 @dataclass(frozen=True)
 class WorkerPlan:

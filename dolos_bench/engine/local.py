@@ -4,6 +4,10 @@ Processes fork from a clean forkserver (not from this process and its progress-b
 build their worker once, ignore SIGINT (Ctrl-C is handled once, by the parent, which stops the
 pool) and run torch on one thread each: N busy processes on N cores are faster than N processes
 fighting over N×N threads.
+
+A process pool may also run worker 0 in a thread of the parent (``parent_works``): for CPU work
+that releases the GIL (image decoding and encoding), where the parent would otherwise only wait,
+it works from the first unit on while the processes start, and needs one process fewer.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+import threading
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -88,12 +93,14 @@ def _end_workers(pids: Any) -> None:
                 pass
 
 
-def _run_chunk(chunk: list[tuple[str, Any]]) -> list[Any]:
-    assert _WORKER is not None, "worker process was not initialised"
+def _run_chunk(chunk: list[tuple[str, Any]], worker: Worker | None = None) -> list[Any]:
+    """A chunk's results from this process's worker (or ``worker``, the parent's own)."""
+    worker = worker or _WORKER
+    assert worker is not None, "worker process was not initialised"
     results = []
     for where, unit in chunk:
         try:
-            results.append(_WORKER(unit))
+            results.append(worker(unit))
         except Exception as exc:
             raise _describe_failure(exc, where)
     return results
@@ -107,17 +114,24 @@ class _Chunk:
 
 
 class ProcessPool(Pool):
-    """One single-process executor per worker, so that a unit can go to the worker that holds its data.
+    """One single-worker executor per worker, so that a unit can go to the worker that holds its data.
 
-    Chunks are dispatched as workers have room (:data:`DEPTH` each): a free worker takes the
-    earliest waiting chunk whose home it is (or that has none), and only when the look-ahead
-    window holds none of those does it take another worker's chunk. The window (``4 x workers``
-    chunks submitted or waiting) bounds memory whatever the input's length.
+    Chunks are dispatched as workers have room (:data:`DEPTH` each, one near the end): a free
+    worker takes the earliest waiting chunk whose home it is (or that has none), and only when
+    the look-ahead window holds none of those does it take another worker's chunk. The window
+    (``4 x workers`` chunks submitted or waiting) bounds memory whatever the input's length.
+
+    With ``own``, worker 0 is that worker, run by a thread of this process (``executors[0]``):
+    the parent works too, from the first unit on while the processes start, and what it holds
+    for a unit goes along when another worker takes it (:meth:`Worker.travel`).
     """
 
-    def __init__(self, executors: list[ProcessPoolExecutor], chunksize: int) -> None:
-        self.executors, self.chunksize = executors, chunksize
+    def __init__(self, executors: list[Executor], chunksize: int, own: Worker | None = None,
+                 started: list[threading.Event] | None = None) -> None:
+        self.executors, self.chunksize, self.own = executors, chunksize, own
         self.workers = len(executors)
+        # a process booting in the background gets chunks once it has started (None: at once)
+        self._started = started or [None] * len(executors)
         self._inflight: list[set[Future]] = [set() for _ in executors]  # across every running map
 
     @staticmethod
@@ -142,10 +156,17 @@ class ProcessPool(Pool):
         running.difference_update([f for f in running if f.done()])
         return len(running)
 
-    def _dispatch(self, waiting: list[_Chunk], futures: dict[int, Future]) -> None:
+    def _free(self, depth: int) -> list[int]:
+        """Started workers with room, least loaded first."""
+        return sorted((w for w, started in enumerate(self._started)
+                       if (started is None or started.is_set()) and self._load(w) < depth), key=self._load)
+
+    def _dispatch(self, waiting: list[_Chunk], futures: dict[int, Future], exhausted: bool) -> None:
         """Submit waiting chunks to workers with room: at home first, elsewhere when nothing is."""
+        # near the end, no chunk waits in a busy worker's queue while another could take it
+        depth = 1 if exhausted and len(waiting) <= self.workers else DEPTH
         while waiting:
-            free = sorted((w for w in range(self.workers) if self._load(w) < DEPTH), key=self._load)
+            free = self._free(depth)
             if not free:
                 return
             for worker in free:
@@ -155,7 +176,10 @@ class ProcessPool(Pool):
             else:  # every waiting chunk's home is busy: the least loaded worker takes the earliest
                 worker, pick = free[0], waiting[0]
             waiting.remove(pick)
-            future = self.executors[worker].submit(_run_chunk, pick.units)
+            units = pick.units
+            if self.own is not None and worker != 0:  # what the parent's worker holds for it goes along
+                units = [(where, self.own.travel(unit)) for where, unit in units]
+            future = self.executors[worker].submit(_run_chunk, units, self.own if worker == 0 else None)
             self._inflight[worker].add(future)
             futures[pick.seq] = future
 
@@ -174,7 +198,7 @@ class ProcessPool(Pool):
                         exhausted = True
                     else:
                         waiting.append(chunk)
-                self._dispatch(waiting, futures)
+                self._dispatch(waiting, futures, exhausted)
                 if not futures and not waiting:
                     return
                 if ordered:
@@ -205,11 +229,24 @@ class ProcessPool(Pool):
             yield seq, results[0]
 
 
-class ProcessEngine(Engine):
-    """``plan.workers`` processes from a forkserver that preloads ``preload`` once."""
+def _boot(executors: list[ProcessPoolExecutor], started: list[threading.Event]) -> None:
+    """Start each executor's process (a forkserver start blocks until the server has imported its
+    preload) and mark it started once it has run a first, empty unit."""
+    for executor, event in zip(executors, started):
+        executor.submit(int).add_done_callback(lambda _, event=event: event.set())
 
-    def __init__(self, *, preload: Sequence[str] = (), chunksize: int = 1) -> None:
-        self.preload, self.chunksize = list(preload), chunksize
+
+class ProcessEngine(Engine):
+    """``plan.workers`` processes from a forkserver that preloads ``preload`` once.
+
+    ``parent_works``: worker 0 runs in a thread of this process instead, and ``plan.workers - 1``
+    processes do the rest. For CPU work on as many cores as workers (decoding and encoding
+    release the GIL), where the parent would only wait: it works from the first unit on, while
+    the processes start in the background.
+    """
+
+    def __init__(self, *, preload: Sequence[str] = (), chunksize: int = 1, parent_works: bool = False) -> None:
+        self.preload, self.chunksize, self.parent_works = list(preload), chunksize, parent_works
 
     @contextmanager
     def start(self, plan: WorkerPlan) -> Iterator[Pool]:
@@ -217,24 +254,43 @@ class ProcessEngine(Engine):
         if self.preload:
             context.set_forkserver_preload(self.preload)
         pids = context.Array("i", plan.workers)  # filled in by each worker, so Ctrl-C can end them at once
-        executors = [ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
+        first = 1 if self.parent_works else 0
+        processes = [ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
                                          initargs=(plan, index, pids))
-                     for index in range(plan.workers)]
+                     for index in range(first, plan.workers)]
+        executors: list[Executor] = list(processes)
+        own, booting, started = None, None, [threading.Event() for _ in processes]
         try:
-            yield ProcessPool(executors, self.chunksize)
+            if self.parent_works:
+                own = plan.build(0)
+                executors.insert(0, ThreadPoolExecutor(1, thread_name_prefix="dolos-worker-0"))
+                booting = threading.Thread(target=_boot, args=(processes, started), daemon=True)
+                booting.start()
+            yield ProcessPool(executors, self.chunksize, own, [None, *started] if own is not None else None)
         except KeyboardInterrupt:
             _end_workers(pids)
+            if own is not None:
+                own.cancel()
             raise
         finally:
+            if booting is not None:  # a process stopped while it starts would fail to read its setup
+                booting.join()
+                for event in started:
+                    event.wait(timeout=60)
             for executor in executors:  # stop every worker's queue first, then wait for the running units
                 executor.shutdown(wait=False, cancel_futures=True)
             for executor in executors:
                 executor.shutdown(wait=True)
+            if own is not None:
+                own.close()
 
 
-def engine_for(workers: int, *, preload: Sequence[str] = (), chunksize: int = 1) -> Engine:
-    """Inline for one worker, a process pool for more."""
-    return InlineEngine() if workers <= 1 else ProcessEngine(preload=preload, chunksize=chunksize)
+def engine_for(workers: int, *, preload: Sequence[str] = (), chunksize: int = 1,
+               parent_works: bool = False) -> Engine:
+    """Inline for one worker, a process pool for more (see :class:`ProcessEngine` for ``parent_works``)."""
+    if workers <= 1:
+        return InlineEngine()
+    return ProcessEngine(preload=preload, chunksize=chunksize, parent_works=parent_works)
 
 
 __all__ = ["InlineEngine", "ProcessEngine", "engine_for"]
