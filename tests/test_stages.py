@@ -179,18 +179,18 @@ def test_the_card_collects_every_stage_licence_note_once(tmp_path: Path, test_st
     assert LandmarkMasker.licence_note == f"**Face landmarks.** {landmark_licence_note()}"
 
 
-def test_identity_is_the_one_name_and_the_old_names_agree() -> None:
+def test_identity_is_the_one_name() -> None:
     strokes = MASKERS.create("strokes")
     telea = GENERATORS.create("telea", radius=5)
     jpeg = PERTURBATIONS.create("jpeg", quality=80)
     chain = parse_chain("resize(0.5)|jpeg(75)")
-    assert strokes.identity() == strokes.config() and strokes.identity()["strokes"] == [1, 5]
-    assert telea.identity() == telea.config() and telea.identity()["radius"] == 5
-    assert jpeg.identity() == jpeg.spec() == {"name": "jpeg", "quality": 80} and jpeg.params() == {"quality": 80}
-    assert chain.identity() == chain.spec() == [
+    assert strokes.identity()["strokes"] == [1, 5]
+    assert telea.identity()["radius"] == 5
+    assert jpeg.identity() == {"name": "jpeg", "quality": 80}
+    assert chain.identity() == [
         {"name": "resize", "scale": 0.5, "interpolation": "bilinear"}, {"name": "jpeg", "quality": 75}]
     source = SOURCES.create("folder", path=str(Path(__file__).parent))
-    assert source.identity() == source.config() == {"path": str(Path(__file__).parent), "licence": "unknown"}
+    assert source.identity() == {"path": str(Path(__file__).parent), "licence": "unknown"}
 
 
 def test_every_kind_of_stage_has_setup_and_identity() -> None:
@@ -257,10 +257,10 @@ def test_a_perturbation_written_before_config_keeps_its_params() -> None:
         def __init__(self, amount: int = 2) -> None:
             self.amount = amount
 
-        def params(self) -> dict[str, Any]:
-            return {"amount": self.amount}
+        def identity(self) -> dict[str, Any]:
+            return {"name": self.name, "amount": self.amount}
 
         def apply(self, image, mask, rng):  # pragma: no cover - never called
             return image, mask
 
-    assert OldStyle(3).identity() == OldStyle(3).spec() == {"name": "old-style", "amount": 3}
+    assert OldStyle(3).identity() == {"name": "old-style", "amount": 3}

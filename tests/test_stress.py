@@ -120,9 +120,9 @@ def test_default_suite_loads_by_name_and_by_path() -> None:
     jpeg = [p for p in grid if p.perturbation == "jpeg"]
     assert [p.severity for p in jpeg] == [100, 90, 80, 70, 60, 50, 40, 30]
     assert jpeg[-1].chain == parse_chain("jpeg(quality=30)")
-    resize = [p.chain.spec()[0]["scale"] for p in grid if p.perturbation == "resize"]
+    resize = [p.chain.identity()[0]["scale"] for p in grid if p.perturbation == "resize"]
     assert min(resize) == 0.25 and max(resize) == 2.0
-    social = [p.chain.spec() for p in grid if p.perturbation == "social"]
+    social = [p.chain.identity() for p in grid if p.perturbation == "social"]
     assert all([s["name"] for s in spec] == ["resize", "jpeg"] for spec in social)
 
 

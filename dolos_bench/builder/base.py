@@ -54,10 +54,6 @@ class Masker(Stage, ABC):
         """Parameters that define this masker, stored with every sample it produces."""
         return {}
 
-    def config(self) -> dict[str, Any]:
-        """Deprecated alias of :meth:`identity`."""
-        return self.identity()
-
     @abstractmethod
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MaskResult:
         """The mask for ``image``; raises :class:`SkipSample` when there is none to choose."""
@@ -84,10 +80,6 @@ class Generator(Stage, ABC):
     def identity(self) -> dict[str, Any]:
         """Parameters (and weight identities) that define this generator, for provenance."""
         return {}
-
-    def config(self) -> dict[str, Any]:
-        """Deprecated alias of :meth:`identity`."""
-        return self.identity()
 
     @abstractmethod
     def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -83,10 +83,6 @@ class Source(Stage, ABC):
     def identity(self) -> dict[str, Any]:
         return {"licence": self.licence}
 
-    def config(self) -> dict[str, Any]:
-        """Deprecated alias of :meth:`identity`."""
-        return self.identity()
-
 
 class FolderSource(Source):
     """Any folder tree of images; ids come from the relative path without extension."""

@@ -24,22 +24,12 @@ class Perturbation(Stage, ABC):
         """``{"name": ..., **params}``: the JSON form stored with each sample; ``parse_chain`` reads it back.
 
         The parameters are the fields of :attr:`Config`, in their order, as validated. A
-        perturbation written before ``Config`` existed keeps its own :meth:`params`.
+        perturbation without a ``Config`` (an outside plug-in) overrides this method.
         """
         config = type(self).Config
         if config is None:
-            return {"name": self.name, **self.params()}
+            return {"name": self.name}
         return {"name": self.name, **{field: getattr(self, field) for field in config.model_fields}}
-
-    def params(self) -> dict[str, Any]:
-        """Deprecated: :meth:`identity` without the name (what a perturbation without ``Config`` overrides)."""
-        if type(self).Config is None:
-            return {}
-        return {k: v for k, v in self.identity().items() if k != "name"}
-
-    def spec(self) -> dict[str, Any]:
-        """Deprecated alias of :meth:`identity`."""
-        return self.identity()
 
     @abstractmethod
     def apply(

@@ -318,7 +318,7 @@ class Chain:
     def __init__(self, steps: Iterable[Perturbation] = ()) -> None:
         self.steps: list[Perturbation] = list(steps)
         for s in self.steps:
-            if not (callable(getattr(s, "apply", None)) and callable(getattr(s, "spec", None))):
+            if not (callable(getattr(s, "apply", None)) and callable(getattr(s, "identity", None))):
                 raise TypeError(f"chain steps must be Perturbation objects, got {s!r}")
 
     def __len__(self) -> int:
@@ -347,10 +347,6 @@ class Chain:
     def identity(self) -> list[dict[str, Any]]:
         """JSON form, one ``{"name": ..., **params}`` per step; ``parse_chain`` reads it back."""
         return [dict(s.identity()) for s in self.steps]
-
-    def spec(self) -> list[dict[str, Any]]:
-        """Deprecated alias of :meth:`identity`."""
-        return self.identity()
 
     def describe(self) -> str:
         """Short key such as ``resize(scale=0.5)|jpeg(quality=75)`` for breakdowns; ``none`` if empty."""
