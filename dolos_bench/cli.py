@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import click
 from rich.console import Console
@@ -25,9 +26,14 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 
-def progress_bar(description: str, *, quiet: bool = False) -> Progress:
-    """A bar with count, rate and ETA on stderr (silent with --quiet)."""
-    return Progress(
+@contextmanager
+def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Progress]:
+    """A bar with count, rate and ETA on stderr (silent with --quiet).
+
+    A finished run leaves its bar as a record; a run that fails or is interrupted clears it, so the
+    one line that says what went wrong is not glued to a half-drawn bar.
+    """
+    bar = Progress(
         # Plain text, not rich markup: a recipe or model name may hold "[...]".
         TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
@@ -40,6 +46,12 @@ def progress_bar(description: str, *, quiet: bool = False) -> Progress:
         disable=quiet,
         transient=False,
     )
+    with bar:
+        try:
+            yield bar
+        except BaseException:
+            bar.live.transient = True
+            raise
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
