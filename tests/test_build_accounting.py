@@ -273,8 +273,12 @@ def test_keyboard_interrupt_keeps_finished_shards_and_writes_no_manifest(tmp_pat
 
 
 def test_ctrl_c_in_bench_build_says_what_was_kept_in_one_line(tmp_path):
-    src = make_image_folder(tmp_path / "src", n=60, size=(140, 140))
+    # Big enough (600 samples in 100 shards, several seconds) that the signal lands mid-build
+    # even when the pipeline is fast: it is sent as soon as the first shard is recorded.
+    src = make_image_folder(tmp_path / "src", n=200, size=(140, 140))
     recipe = tiny_recipe(tmp_path / "r.yaml", src, resolution=128, output={"shard_size": 6})
+    r = load_recipe(recipe)
+    shards = len(make_plan(r, build_sources(r)).shards)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "dolos_bench.cli", "build", str(recipe), "--out", str(out), "--workers", "2", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -291,7 +295,7 @@ def test_ctrl_c_in_bench_build_says_what_was_kept_in_one_line(tmp_path):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     match = re.fullmatch(r"interrupted: (\d+) of (\d+) shards kept in (.+); run `(.+)` to resume", lines[0])
-    assert match and 1 <= int(match[1]) < int(match[2]) == 30 and match[3] == str(out), lines[0]
+    assert match and 1 <= int(match[1]) < int(match[2]) == shards and match[3] == str(out), lines[0]
     assert match[4] == f"bench build {recipe} --out {out} --workers 2 --quiet"
     assert not (out / "manifest.json").exists()
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
