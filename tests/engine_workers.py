@@ -19,3 +19,12 @@ class SquareWorker(Worker):
         if unit == self.spec.get("fail_on"):
             raise ValueError(f"cannot square {unit}")
         return unit * unit, self.device, os.getpid()
+
+
+class ParentOnlyWorker(SquareWorker):
+    """Cannot be built outside the process named in the spec: a worker process that fails to start."""
+
+    def __init__(self, spec, device: str) -> None:
+        if os.getpid() != spec["parent"]:
+            raise RuntimeError("this worker cannot start in a process")
+        super().__init__(spec, device)

@@ -97,3 +97,17 @@ def test_the_parent_can_be_worker_0_while_the_processes_start() -> None:
     assert [o[0] for o in out] == [i * i for i in range(60)]
     assert {o[2] for o in out if o[1] == "cuda:0"} == {os.getpid()}  # worker 0: a thread of this process
     assert os.getpid() not in {o[2] for o in out if o[1] == "cuda:1"}
+
+
+def test_a_worker_process_that_cannot_start_is_an_error_not_a_smaller_pool() -> None:
+    """With the parent working too, a failed process must not leave the parent doing everything quietly."""
+    import time
+
+    plan = WorkerPlan("engine_workers:ParentOnlyWorker", {"parent": os.getpid()}, workers=2)
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="a worker process could not start"):
+        with ProcessEngine(parent_works=True).start(plan) as pool:
+            for _ in range(200):  # keep asking for work until the failed start is seen
+                list(pool.map(range(4)))
+                time.sleep(0.01)
+    assert time.perf_counter() - started < 30

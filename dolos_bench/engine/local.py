@@ -127,11 +127,13 @@ class ProcessPool(Pool):
     """
 
     def __init__(self, executors: list[Executor], chunksize: int, own: Worker | None = None,
-                 started: list[threading.Event] | None = None) -> None:
+                 started: list[threading.Event] | None = None,
+                 boot_failures: list[BaseException] | None = None) -> None:
         self.executors, self.chunksize, self.own = executors, chunksize, own
         self.workers = len(executors)
         # a process booting in the background gets chunks once it has started (None: at once)
         self._started = started or [None] * len(executors)
+        self._boot_failures = boot_failures if boot_failures is not None else []
         self._inflight: list[set[Future]] = [set() for _ in executors]  # across every running map
 
     @staticmethod
@@ -157,7 +159,13 @@ class ProcessPool(Pool):
         return len(running)
 
     def _free(self, depth: int) -> list[int]:
-        """Started workers with room, least loaded first."""
+        """Started workers with room, least loaded first.
+
+        A process that could not start is an error here, not a quiet fall-back to fewer workers.
+        """
+        if self._boot_failures:
+            failure = self._boot_failures[0]
+            raise RuntimeError(f"a worker process could not start: {failure!r}") from failure
         return sorted((w for w, started in enumerate(self._started)
                        if (started is None or started.is_set()) and self._load(w) < depth), key=self._load)
 
@@ -229,11 +237,21 @@ class ProcessPool(Pool):
             yield seq, results[0]
 
 
-def _boot(executors: list[ProcessPoolExecutor], started: list[threading.Event]) -> None:
+def _boot(executors: list[ProcessPoolExecutor], started: list[threading.Event],
+          failures: list[BaseException]) -> None:
     """Start each executor's process (a forkserver start blocks until the server has imported its
     preload) and mark it started once it has run a first, empty unit."""
+    def done(future: Future, event: threading.Event) -> None:
+        if future.exception() is not None:
+            failures.append(future.exception())
+        event.set()
+
     for executor, event in zip(executors, started):
-        executor.submit(int).add_done_callback(lambda _, event=event: event.set())
+        try:
+            executor.submit(int).add_done_callback(lambda future, event=event: done(future, event))
+        except Exception as exc:  # e.g. a script without the ``if __name__ == "__main__"`` guard
+            failures.append(exc)
+            event.set()
 
 
 class ProcessEngine(Engine):
@@ -260,13 +278,14 @@ class ProcessEngine(Engine):
                      for index in range(first, plan.workers)]
         executors: list[Executor] = list(processes)
         own, booting, started = None, None, [threading.Event() for _ in processes]
+        failures: list[BaseException] = []
         try:
             if self.parent_works:
                 own = plan.build(0)
                 executors.insert(0, ThreadPoolExecutor(1, thread_name_prefix="dolos-worker-0"))
-                booting = threading.Thread(target=_boot, args=(processes, started), daemon=True)
+                booting = threading.Thread(target=_boot, args=(processes, started, failures), daemon=True)
                 booting.start()
-            yield ProcessPool(executors, self.chunksize, own, [None, *started] if own is not None else None)
+            yield ProcessPool(executors, self.chunksize, own, [None, *started] if own is not None else None, failures)
         except KeyboardInterrupt:
             _end_workers(pids)
             if own is not None:
