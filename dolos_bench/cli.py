@@ -169,7 +169,6 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
 def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overwrite: bool, quiet: bool) -> None:
     """Build a dataset from RECIPE; resumes an interrupted build of the same recipe."""
     from .builder.pipeline import BuildInterrupted, run_build
-    from .errors import UserError
 
     r = _load(recipe, overrides)
     with progress_bar(f"build {r.name}", quiet=quiet) as bar:
@@ -188,8 +187,6 @@ def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overw
 
         try:
             result = run_build(r, Path(out), workers=workers, overwrite=overwrite, progress=report)
-        except UserError as exc:  # BuildFolderError, ForeignFilesError (never deletes foreign files)
-            fail(str(exc))
         except BuildInterrupted as exc:
             interrupted = exc
         else:
@@ -278,12 +275,8 @@ def publish(folder: str, repo: str, private: bool, dry_run: bool, revision: str 
 def export_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     """Write a dataset folder in another layout (dolos: real/, fake/<gen>/{images,masks}/, 255 = real)."""
     from .data.dolos_layout import export_dolos
-    from .errors import UserError
 
-    try:
-        counts = export_dolos(Path(folder), Path(out), overwrite=overwrite)
-    except UserError as exc:  # DolosLayoutError, ForeignFilesError, an earlier export without --overwrite
-        fail(str(exc))
+    counts = export_dolos(Path(folder), Path(out), overwrite=overwrite)
     click.echo(f"exported {counts['real']} real and {counts['fake']} fake images to {out} (Dolos layout)")
 
 
@@ -299,12 +292,8 @@ def export_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
 def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     """Turn a Dolos-layout folder into a dolos-bench dataset folder (masks converted to 255 = forged)."""
     from .builder.importer import import_dolos
-    from .errors import UserError
 
-    try:
-        counts = import_dolos(Path(folder), Path(out), overwrite=overwrite)
-    except UserError as exc:  # DolosLayoutError, BuildFolderError, ForeignFilesError
-        fail(str(exc))
+    counts = import_dolos(Path(folder), Path(out), overwrite=overwrite)
     click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}"
                + (f" (reasons in {out}/manifest.json)" if counts["skipped"] else ""))
     for warning in counts["warnings"]:
@@ -512,13 +501,9 @@ def stress(config: ScoringConfig, suite: str, out: str, only: str | None, metric
               help="Draw curves and heatmap colours over the metric's full range [0, 1] instead of fitting them to the data.")
 def leaderboard(results: tuple[str, ...], out: str, title: str, full_range: bool) -> None:
     """Turn results JSON files into leaderboard.md/.csv/.json and a static index.html."""
-    from .errors import UserError
     from .report.leaderboard import build_leaderboard
 
-    try:
-        build_leaderboard([Path(r) for r in results], Path(out), title=title, full_range=full_range)
-    except UserError as exc:
-        fail(str(exc))
+    build_leaderboard([Path(r) for r in results], Path(out), title=title, full_range=full_range)
     click.echo(f"leaderboard of {len(results)} result file(s) -> {out}/index.html, leaderboard.md, .csv, .json")
 
 

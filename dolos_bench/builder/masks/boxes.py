@@ -16,14 +16,13 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 from pydantic import model_validator
 
-from dolos_bench.builder.base import Masker, MaskResult, SkipSample
+from dolos_bench.builder.base import Masker, MaskResult
 from dolos_bench.builder.masks.common import (
     DEFAULT_MAX_TRIES,
     Area,
     AreaBounds,
-    area_fraction,
+    draw_within_area,
     image_hw,
-    in_bounds,
 )
 from dolos_bench.utils.numbers import number, pair
 
@@ -95,20 +94,13 @@ class BoxMasker(Masker):
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> MaskResult:
         height, width = image_hw(type(self).__name__, image)
-        area = 0.0
-        for attempt in range(1, self.max_tries + 1):
+
+        def draw() -> tuple[np.ndarray, dict[str, Any]]:
             mask, boxes = self.draw(height, width, rng)
-            area = area_fraction(mask)
-            if in_bounds(area, self.min_area, self.max_area):
-                return MaskResult(
-                    mask=mask,
-                    parts=["boxes"],
-                    info={"area": area, "tries": attempt, "boxes": boxes},
-                )
-        raise SkipSample(
-            f"boxes: no mask with area in [{self.min_area:g}, {self.max_area:g}] after "
-            f"{self.max_tries} tries (last {area:.3f})"
-        )
+            return mask, {"boxes": boxes}
+
+        return draw_within_area("boxes", draw, min_area=self.min_area, max_area=self.max_area,
+                                max_tries=self.max_tries)
 
     def draw(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, list[list[int]]]:
         """One unconstrained box mask and its boxes as ``[x0, y0, x1, y1]`` (x1, y1 exclusive)."""

@@ -5,11 +5,12 @@ The number checks themselves are :mod:`dolos_bench.utils.numbers`, shared with e
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 import numpy as np
 from pydantic import model_validator
 
+from dolos_bench.builder.base import MaskResult, SkipSample
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
 
@@ -56,3 +57,28 @@ def area_fraction(mask: np.ndarray) -> float:
 def in_bounds(area: float, min_area: float, max_area: float) -> bool:
     """Whether ``area`` lies in the closed interval, and the mask is not empty."""
     return area > 0.0 and min_area <= area <= max_area
+
+
+def draw_within_area(
+    kind: str,
+    draw: Callable[[], tuple[np.ndarray, dict[str, Any]]],
+    *,
+    min_area: float,
+    max_area: float,
+    max_tries: int,
+) -> MaskResult:
+    """Fresh draws until one's forged area is within bounds (rejection sampling).
+
+    ``draw()`` returns an unconstrained mask and what describes it; the result carries the area,
+    the tries it took and that description. After ``max_tries`` misses the sample is skipped,
+    with the last area in the reason, since no mask of the asked size could be drawn.
+    """
+    area = 0.0
+    for attempt in range(1, max_tries + 1):
+        mask, info = draw()
+        area = area_fraction(mask)
+        if in_bounds(area, min_area, max_area):
+            return MaskResult(mask=mask, parts=[kind], info={"area": area, "tries": attempt, **info})
+    raise SkipSample(
+        f"{kind}: no mask with area in [{min_area:g}, {max_area:g}] after {max_tries} tries (last {area:.3f})"
+    )
