@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from dolos_bench import cli
+from dolos_bench.cli import commands as cli
 from dolos_bench.cli import main
 from dolos_bench.errors import UserError
 from dolos_bench.registry import PluginLoadError, Registry, parameters_of

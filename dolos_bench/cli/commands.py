@@ -1,4 +1,5 @@
-"""The ``bench`` command line: one click group, thin commands over the library API."""
+"""The ``bench`` group and the commands of the offline toolkit (ls, validate, build, publish, export,
+import, eval, stress, leaderboard), with the helpers every command module shares."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from rich.console import Console
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import __version__
-from .errors import UserError
-from .builder.recipe import Recipe, load_recipe
-from .registry import REGISTRIES
-from .stage import install_hint
+from .. import __version__
+from ..errors import UserError
+from ..builder.recipe import Recipe, load_recipe
+from ..registry import REGISTRIES
+from ..stage import install_hint
 
 if TYPE_CHECKING:
-    from .eval.config import ScoringConfig
-    from .results import Results
+    from ..eval.config import ScoringConfig
+    from ..results import Results
 
 console = Console(stderr=True)
 
@@ -168,7 +169,7 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overwrite: bool, quiet: bool) -> None:
     """Build a dataset from RECIPE; resumes an interrupted build of the same recipe."""
-    from .builder.pipeline import BuildInterrupted, run_build
+    from ..builder.pipeline import BuildInterrupted, run_build
 
     r = _load(recipe, overrides)
     with progress_bar(f"build {r.name}", quiet=quiet) as bar:
@@ -219,7 +220,7 @@ def _build_command(recipe: str, out: str, overrides: tuple[str, ...], workers: i
 
 def _build_summary(result, out: str) -> list[str]:
     """What a finished build read and made: files and samples counted apart, skips by reason."""
-    from .builder.manifest import summarize_skips
+    from ..builder.manifest import summarize_skips
 
     counts, files = result.counts, result.files
     splits = ", ".join(f"{s} {c['real']}+{c['fake']}" for s, c in counts["splits"].items()) or "none"
@@ -252,7 +253,7 @@ def _build_summary(result, out: str) -> list[str]:
 @click.option("--revision", default=None, help="Branch to push to.")
 def publish(folder: str, repo: str, private: bool, dry_run: bool, revision: str | None) -> None:
     """Push a finished dataset folder to the Hugging Face Hub with its dataset card."""
-    from .publish import publish_folder
+    from ..publish import publish_folder
 
     result = publish_folder(Path(folder), repo, private=private, dry_run=dry_run, revision=revision)
     for path, size in result.files:
@@ -274,7 +275,7 @@ def publish(folder: str, repo: str, private: bool, dry_run: bool, revision: str 
                    " holding other files is refused.")
 def export_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     """Write a dataset folder in another layout (dolos: real/, fake/<gen>/{images,masks}/, 255 = real)."""
-    from .data.dolos_layout import export_dolos
+    from ..data.dolos_layout import export_dolos
 
     counts = export_dolos(Path(folder), Path(out), overwrite=overwrite)
     click.echo(f"exported {counts['real']} real and {counts['fake']} fake images to {out} (Dolos layout)")
@@ -291,7 +292,7 @@ def export_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
                    " a folder holding other files is refused.")
 def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
     """Turn a Dolos-layout folder into a dolos-bench dataset folder (masks converted to 255 = forged)."""
-    from .builder.importer import import_dolos
+    from ..builder.importer import import_dolos
 
     counts = import_dolos(Path(folder), Path(out), overwrite=overwrite)
     click.echo(f"imported {counts['total']} samples into {out}; skipped {counts['skipped']}"
@@ -301,7 +302,7 @@ def import_command(folder: str, fmt: str, out: str, overwrite: bool) -> None:
 
 
 def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
-    from .eval.localizers import parse_model_args
+    from ..eval.localizers import parse_model_args
 
     options = parse_model_args(list(model_args))
     if weights is not None:
@@ -326,7 +327,7 @@ def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def with_config(model: str, model_args: tuple[str, ...], weights: str | None, **kwargs: Any) -> None:
-        from .eval.config import ScoringConfig
+        from ..eval.config import ScoringConfig
 
         fields = {key: kwargs.pop(key) for key in _CONFIG_OPTIONS if key in kwargs}
         try:
@@ -365,7 +366,7 @@ def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def eval_summary(results: Results) -> list[str]:
     """The lines `bench eval` prints: the metric table's summary metrics, in the results' order."""
-    from .metric_specs import metric_names
+    from ..metric_specs import metric_names
 
     shown = set(metric_names(results.protocol.threshold, summary=True))
     lines = []
@@ -379,7 +380,7 @@ def eval_summary(results: Results) -> list[str]:
 
 def protocol_summary(results: Results) -> list[str]:
     """The line of the Dolos paper's two numbers, for a run under ``--protocol dolos``."""
-    from .metric_specs import metric_name
+    from ..metric_specs import metric_name
 
     if "dolos" not in results.info:
         return []
@@ -405,9 +406,9 @@ def eval_command(config: ScoringConfig, out: str | None, quiet: bool) -> None:
     """Score MODEL (registered name, module:Class, predictions folder/archive, .pt or .onnx file)."""
     import shlex
 
-    from .eval.api import LocalizerError
-    from .eval.runner import data_notes, run_eval
-    from .eval.work import RunInterrupted
+    from ..eval.api import LocalizerError
+    from ..eval.runner import data_notes, run_eval
+    from ..eval.work import RunInterrupted
 
     try:
         with progress_bar(f"eval {config.model}", quiet=quiet) as bar:
@@ -450,11 +451,11 @@ def stress(config: ScoringConfig, suite: str, out: str, only: str | None, metric
     """Score MODEL under a grid of perturbations x severities; resumes an interrupted sweep."""
     import shlex
 
-    from .eval.api import LocalizerError
-    from .eval.runner import data_notes
-    from .eval.stress import run_stress
-    from .report.plots import robustness_curves
-    from .eval.work import RunInterrupted
+    from ..eval.api import LocalizerError
+    from ..eval.runner import data_notes
+    from ..eval.stress import run_stress
+    from ..report.plots import robustness_curves
+    from ..eval.work import RunInterrupted
 
     try:
         with progress_bar(f"stress {config.model}", quiet=quiet) as bar:
@@ -501,7 +502,7 @@ def stress(config: ScoringConfig, suite: str, out: str, only: str | None, metric
               help="Draw curves and heatmap colours over the metric's full range [0, 1] instead of fitting them to the data.")
 def leaderboard(results: tuple[str, ...], out: str, title: str, full_range: bool) -> None:
     """Turn results JSON files into leaderboard.md/.csv/.json and a static index.html."""
-    from .report.leaderboard import build_leaderboard
+    from ..report.leaderboard import build_leaderboard
 
     build_leaderboard([Path(r) for r in results], Path(out), title=title, full_range=full_range)
     click.echo(f"leaderboard of {len(results)} result file(s) -> {out}/index.html, leaderboard.md, .csv, .json")

@@ -1,0 +1,11 @@
+"""The ``bench`` command line: one click group (:mod:`.commands`), thin commands over the library API.
+
+Each command group that is more than a few lines lives in its own module here and is attached to
+the group below, so that adding a command never means editing another's module.
+"""
+
+from __future__ import annotations
+
+from .commands import BenchGroup, console, eval_summary, fail, main, progress_bar
+
+__all__ = ["BenchGroup", "console", "eval_summary", "fail", "main", "progress_bar"]
