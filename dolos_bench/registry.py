@@ -298,6 +298,10 @@ _BUILTINS: dict[str, list[tuple[str, str, str]]] = {
         ("strokes", "dolos_bench.builder.masks.strokes:StrokeMasker", "LaMa-style free-form brush strokes"),
         ("boxes", "dolos_bench.builder.masks.boxes:BoxMasker", "LaMa-style random rectangles"),
         ("landmarks", "dolos_bench.builder.masks.landmarks:LandmarkMasker", "Face parts from dlib 68-point landmarks"),
+        ("face-parser", "dolos_bench.builder.masks.face_parser:FaceParserMasker",
+         "Face parts from a BiSeNet/ParseNet face parser (local weights)"),
+        ("celebamask-hq", "dolos_bench.builder.masks.celebamask_hq:CelebAMaskHQMasker",
+         "Face parts from CelebAMask-HQ's annotations of CelebA-HQ images"),
     ],
     "generators": [
         ("telea", "dolos_bench.builder.generators.opencv:TeleaGenerator", "OpenCV inpainting, Telea's fast marching method"),

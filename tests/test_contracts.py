@@ -18,7 +18,7 @@ registered, as diffusers tests every pipeline with ``test_inference_batch_single
 A stage whose optional packages are missing (its ``requires``; for a stage that declares none,
 an ``ImportError`` while importing or building it) is skipped with the install hint, not failed.
 Stages are built with their defaults, or with the row of :data:`PARAMS` for those that have
-required parameters; images are small (64 px) so that the whole file runs in seconds.
+required parameters, or with the files a :data:`FIXTURES` row writes (weights, annotations); images are small (64 px) so that the whole file runs in seconds.
 """
 
 from __future__ import annotations
@@ -56,7 +56,65 @@ PARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("perturbation", "resize"): {"scale": 0.5},
 }
 
+#: Stages whose parameters name files (weights, annotations, a tiny model): a function that writes
+#: small ones into the folder it is given and returns the parameters. Called once per test session;
+#: a new stage that needs files adds its row here (e.g. in a helper module it imports).
+FIXTURES: dict[tuple[str, str], Callable[[Path], dict[str, Any]]] = {}
+
+
+
+def _celebamask_annotations(folder: Path) -> dict[str, Any]:
+    """Image 0's annotations in CelebAMask-HQ's layout: a skin oval with a nose and a mouth."""
+    import cv2
+
+    anno = folder / "CelebAMask-HQ-mask-anno" / "0"
+    anno.mkdir(parents=True)
+    for name, draw in {
+        "skin": lambda m: cv2.ellipse(m, (32, 34), (20, 26), 0, 0, 360, 255, -1),
+        "nose": lambda m: cv2.rectangle(m, (29, 30), (34, 40), 255, -1),
+        "u_lip": lambda m: cv2.rectangle(m, (25, 45), (38, 48), 255, -1),
+    }.items():
+        mask = np.zeros((64, 64), np.uint8)
+        draw(mask)
+        cv2.imwrite(str(anno / f"00000_{name}.png"), mask)
+    return {"root": str(folder)}
+
+
+def _bisenet_weights(folder: Path) -> dict[str, Any]:
+    """facexlib's BiSeNet with random weights, saved as facexlib's file name."""
+    torch = pytest.importorskip("torch")
+    parsing = pytest.importorskip("facexlib.parsing")
+    torch.manual_seed(0)
+    torch.save(parsing.BiSeNet(num_class=19).state_dict(), folder / "parsing_bisenet.pth")
+    return {"weights": str(folder), "max_area": 1.0}
+
+
+FIXTURES[("masker", "celebamask-hq")] = _celebamask_annotations
+FIXTURES[("masker", "face-parser")] = _bisenet_weights
+
 SEEDS = (0, 1, 2)
+
+_FIXTURE_ROOT: Path | None = None
+_FIXTURE_PARAMS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _fixture_params(key: tuple[str, str]) -> dict[str, Any]:
+    """The parameters :data:`FIXTURES` makes for ``key``, made once, under one temporary folder."""
+    global _FIXTURE_ROOT
+    if key not in FIXTURES:
+        return {}
+    if key not in _FIXTURE_PARAMS:
+        if _FIXTURE_ROOT is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            _FIXTURE_ROOT = Path(tempfile.mkdtemp(prefix="dolos-contracts-"))
+            atexit.register(shutil.rmtree, _FIXTURE_ROOT, True)
+        folder = _FIXTURE_ROOT / "-".join(key)
+        folder.mkdir()
+        _FIXTURE_PARAMS[key] = FIXTURES[key](folder)
+    return _FIXTURE_PARAMS[key]
 
 
 # -- building a stage from its registry -----------------------------------------------------------
@@ -79,7 +137,7 @@ def _factory(registry: Registry, name: str) -> Any:
 def _build(registry: Registry, name: str) -> Any:
     """Build ``name`` with its defaults (or its :data:`PARAMS` row) and set it up on the CPU."""
     factory = _factory(registry, name)
-    params = PARAMS.get((registry.kind, name), {})
+    params = {**PARAMS.get((registry.kind, name), {}), **_fixture_params((registry.kind, name))}
     required = [
         p.name for p in parameters_of(factory)
         if p.default is None and not p.name.startswith("**") and p.name not in params and p.name != "device"
@@ -153,7 +211,7 @@ def _masker_images() -> Iterator[np.ndarray]:
     "registry, builtins",
     [
         (GENERATORS, {"telea", "ns"}),
-        (MASKERS, {"strokes", "boxes", "landmarks"}),
+        (MASKERS, {"strokes", "boxes", "landmarks", "face-parser", "celebamask-hq"}),
         (PERTURBATIONS, {"jpeg", "webp", "blur", "noise", "resize"}),
         (LOCALIZERS, {"ela", "noise"}),
     ],
@@ -230,8 +288,10 @@ def test_generator_batch_equals_single(name: str) -> None:
 
 
 def _call_masker(masker: Callable[..., Any], image: np.ndarray, seed: int) -> MaskResult | None:
+    # a masker that reads per-image annotations finds them by the source id ("0": see FIXTURES)
+    by_source = {"source_id": "0"} if getattr(masker, "uses_source_id", False) else {}
     try:
-        return masker(image.copy(), _rng(seed))
+        return masker(image.copy(), _rng(seed), **by_source)
     except SkipSample:
         return None  # allowed: no mask to choose (no face found, bounds not met)
 

@@ -345,7 +345,9 @@ class CpuStages(Worker):
             return Prepared(sample, image, np.zeros(image.shape[:2], dtype=np.uint8))
         m = choose(rng_for(recipe.seed, sample.mask_key, "masker"), [s.weight for s in recipe.maskers])
         try:
-            result = self.maskers[m](image, rng_for(recipe.seed, sample.mask_key, "mask"))
+            masker = self.maskers[m]
+            by_source = {"source_id": sample.source_id} if getattr(masker, "uses_source_id", False) else {}
+            result = masker(image, rng_for(recipe.seed, sample.mask_key, "mask"), **by_source)
         except SkipSample as exc:
             return Prepared(sample, None, None, skip=str(exc))
         return Prepared(sample, image, result.mask, parts=list(result.parts), masker=m,

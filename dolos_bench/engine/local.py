@@ -281,10 +281,11 @@ class ProcessEngine(Engine):
         failures: list[BaseException] = []
         try:
             if self.parent_works:
-                own = plan.build(0)
-                executors.insert(0, ThreadPoolExecutor(1, thread_name_prefix="dolos-worker-0"))
+                # the processes boot (interpreter, preload, their own worker) while this one builds its own
                 booting = threading.Thread(target=_boot, args=(processes, started, failures), daemon=True)
                 booting.start()
+                own = plan.build(0)
+                executors.insert(0, ThreadPoolExecutor(1, thread_name_prefix="dolos-worker-0"))
             yield ProcessPool(executors, self.chunksize, own, [None, *started] if own is not None else None, failures)
         except KeyboardInterrupt:
             _end_workers(pids)

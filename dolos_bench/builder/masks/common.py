@@ -5,6 +5,7 @@ The number checks themselves are :mod:`dolos_bench.utils.numbers`, shared with e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Callable
 
 import numpy as np
@@ -82,3 +83,49 @@ def draw_within_area(
     raise SkipSample(
         f"{kind}: no mask with area in [{min_area:g}, {max_area:g}] after {max_tries} tries (last {area:.3f})"
     )
+
+
+def choose_part(
+    kind: str,
+    parts: Sequence[str],
+    rng: np.random.Generator,
+    *,
+    dilation: tuple[int, int],
+    small_parts: frozenset[str],
+    draw: Callable[[str, int], np.ndarray],
+    min_area: float,
+    max_area: float,
+    info: dict[str, Any] | None = None,
+) -> MaskResult:
+    """One face part, in ``rng`` order, whose mask (``draw(part, dilation_px)``) is within bounds.
+
+    What every face-part masker (landmarks, face parser, annotations) does the same way, so that
+    the same seed tries the parts in the same order and draws the same dilation whatever drew the
+    parts. A dilation in ``dilation`` (Dolos: 1-15 px) is drawn for every tried part, small or not,
+    so the draws do not depend on the part; only ``small_parts`` are grown by it. The parts that
+    missed the bounds are kept in ``info["rejected"]``; none in bounds skips the sample.
+    """
+    order = [parts[i] for i in rng.permutation(len(parts))]
+    areas: dict[str, float] = {}
+    for part in order:
+        drawn = int(rng.integers(dilation[0], dilation[1] + 1))
+        grow = drawn if part in small_parts else 0
+        mask = draw(part, grow)
+        area = area_fraction(mask)
+        if in_bounds(area, min_area, max_area):
+            return MaskResult(mask=mask, parts=[part],
+                              info={"part": part, "dilation_px": grow, **(info or {}), "area": area, "rejected": areas})
+        areas[part] = area
+    tried = ", ".join(f"{p} {a:.4f}" for p, a in areas.items())
+    raise SkipSample(f"{kind}: no part with area in [{min_area:g}, {max_area:g}] ({tried})")
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow ``mask`` by ``pixels`` with a disc, so corners round off like a brush would."""
+    if pixels <= 0:
+        return mask
+    import cv2
+
+    size = 2 * int(pixels) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    return cv2.dilate(mask, kernel)

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import field_validator, model_validator
 
 from dolos_bench.builder.base import Masker, MaskResult, SkipSample
-from dolos_bench.builder.masks.common import Area, AreaBounds, area_fraction, image_hw, in_bounds
+from dolos_bench.builder.masks.common import Area, AreaBounds, choose_part, dilate, image_hw
 from dolos_bench.utils.numbers import number, pair
 
 PREDICTOR_FILENAME = "shape_predictor_68_face_landmarks.dat"
@@ -270,11 +270,11 @@ class LandmarkMasker(Masker):
             return self._face_hull(pts, shape)
         if part == "skin":
             margin = int(round(_SKIN_MARGIN * _eye_span(pts)))
-            holes = _dilate(_features(pts, shape), margin)
+            holes = dilate(_features(pts, shape), margin)
             skin = self._face_hull(pts, shape)
             skin[holes > 0] = 0
             return skin
-        return _dilate(_SMALL_PART_DRAWERS[part](pts, shape), dilation)
+        return dilate(_SMALL_PART_DRAWERS[part](pts, shape), dilation)
 
     def _face_hull(self, pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Hull of the 68 points plus the brow points lifted ``forehead`` nose lengths up.
@@ -297,32 +297,10 @@ class LandmarkMasker(Masker):
         if face is None:
             raise SkipSample("no face detected")
         shape = image_hw(type(self).__name__, image)
-        order = [self.parts[i] for i in rng.permutation(len(self.parts))]
-        areas: dict[str, float] = {}
-        for part in order:
-            # Drawn for every tried part, small or not, so the draws do not depend on the part.
-            drawn = int(rng.integers(self.dilation[0], self.dilation[1] + 1))
-            dilation = drawn if part in SMALL_PARTS else 0
-            mask = self.part_mask(face, part, dilation, shape)
-            area = area_fraction(mask)
-            if in_bounds(area, self.min_area, self.max_area):
-                return MaskResult(
-                    mask=mask,
-                    parts=[part],
-                    info={
-                        "part": part,
-                        "dilation_px": dilation,
-                        "face_box": face.box,
-                        "faces": face.count,
-                        "area": area,
-                        "rejected": areas,
-                    },
-                )
-            areas[part] = area
-        tried = ", ".join(f"{p} {a:.4f}" for p, a in areas.items())
-        raise SkipSample(
-            f"landmarks: no part with area in [{self.min_area:g}, {self.max_area:g}] ({tried})"
-        )
+        return choose_part("landmarks", self.parts, rng, dilation=self.dilation, small_parts=SMALL_PARTS,
+                           draw=lambda part, grow: self.part_mask(face, part, grow, shape),
+                           min_area=self.min_area, max_area=self.max_area,
+                           info={"face_box": face.box, "faces": face.count})
 
 
 # -- drawing helpers -----------------------------------------------------------------------------
@@ -377,15 +355,6 @@ _SMALL_PART_DRAWERS = {
 def _features(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Eyes, brows, nose and mouth together: what "skin" leaves out."""
     return _union(*(_SMALL_PART_DRAWERS[p](pts, shape) for p in ("eyes", "brows", "nose", "mouth")))
-
-
-def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Grow ``mask`` by ``pixels`` with a disc, so corners round off like a brush would."""
-    if pixels <= 0:
-        return mask
-    size = 2 * int(pixels) + 1
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-    return cv2.dilate(mask, kernel)
 
 
 __all__ = [
