@@ -306,6 +306,15 @@ _BUILTINS: dict[str, list[tuple[str, str, str]]] = {
     "generators": [
         ("telea", "dolos_bench.builder.generators.opencv:TeleaGenerator", "OpenCV inpainting, Telea's fast marching method"),
         ("ns", "dolos_bench.builder.generators.opencv:NavierStokesGenerator", "OpenCV inpainting, Navier-Stokes based"),
+        ("pluralistic", "dolos_bench.builder.generators.pluralistic:PluralisticInpainter",
+         "Pluralistic Image Completion (CVPR 2019) from the authors' released checkpoints"),
+        ("lama", "dolos_bench.builder.generators.lama:LamaGenerator", "Big-LaMa (TorchScript big-lama.pt), pasted back outside the mask"),
+        ("diffusers-inpaint", "dolos_bench.builder.generators.diffusers_inpaint:DiffusersInpaintGenerator",
+         "Any diffusers inpainting pipeline (SD 2, SDXL, FLUX Fill) with per-part prompts"),
+        ("repaint", "dolos_bench.builder.generators.repaint:RePaintGenerator", "RePaint over a pixel-space diffusers UNet2DModel (DDPM, ADM/P2)"),
+        ("ddpm-full", "dolos_bench.builder.generators.ddpm_full:DDPMFullGenerator", "Whole images sampled from a pixel or latent diffusion model (Dolos setup A)"),
+        ("repaint-ldm", "dolos_bench.builder.generators.repaint_ldm:RePaintLDMGenerator", "RePaint in a latent diffusion model's latent space (variants full, paste)"),
+        ("ldm-inpaint", "dolos_bench.builder.generators.ldm_inpaint:LDMInpaintGenerator", "CompVis latent-diffusion inpainting (VQ-f4 + 7-channel UNet), DDIM"),
     ],
     "perturbations": [
         ("jpeg", "dolos_bench.perturbations:JPEG", "JPEG re-compression at a quality"),

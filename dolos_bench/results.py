@@ -56,7 +56,7 @@ SchemaVersion = Literal["1.0", "1.1"]
 Direction = Literal["higher", "lower"]
 
 ModelKind = Literal["registry", "class", "torchscript", "onnx", "predictions"]
-BreakdownKey = Literal["generator", "parts", "perturbation", "source"]
+BreakdownKey = Literal["generator", "parts", "perturbation", "source", "area"]  # area: bins named with their edges
 ResizeMode = Literal["bilinear", "bicubic"]
 
 _HEX64 = r"^[0-9a-f]{64}$"

@@ -45,6 +45,8 @@ from dolos_bench.registry import (
 from dolos_bench.stage import install_hint
 
 from helpers import textured_image
+import tiny_inpainters  # tiny LaMa / SD-inpainting models for the learned generators
+import ldm_fixtures  # tiny VQ + UNet latent-diffusion models (repaint-ldm, ldm-inpaint)
 
 #: Parameters for registered stages that have required ones (every other stage is built with its
 #: defaults). A new stage with a required parameter adds its row here, with a small typical value.
@@ -60,8 +62,6 @@ PARAMS: dict[tuple[str, str], dict[str, Any]] = {
 #: small ones into the folder it is given and returns the parameters. Called once per test session;
 #: a new stage that needs files adds its row here (e.g. in a helper module it imports).
 FIXTURES: dict[tuple[str, str], Callable[[Path], dict[str, Any]]] = {}
-
-
 
 def _celebamask_annotations(folder: Path) -> dict[str, Any]:
     """Image 0's annotations in CelebAMask-HQ's layout: a skin oval with a nose and a mouth."""
@@ -91,6 +91,36 @@ def _bisenet_weights(folder: Path) -> dict[str, Any]:
 
 FIXTURES[("masker", "celebamask-hq")] = _celebamask_annotations
 FIXTURES[("masker", "face-parser")] = _bisenet_weights
+FIXTURES[("generator", "lama")] = tiny_inpainters.lama_params
+FIXTURES[("generator", "diffusers-inpaint")] = tiny_inpainters.sd_inpaint_params
+FIXTURES[("generator", "repaint-ldm")] = ldm_fixtures.repaint_ldm_params
+FIXTURES[("generator", "ldm-inpaint")] = ldm_fixtures.ldm_inpaint_params
+
+
+def _tiny_diffusion(row: str) -> Callable[[Path], dict[str, Any]]:
+    """A row of tests/tiny_diffusion.py (imported only when used: it needs torch and diffusers)."""
+    def make(folder: Path) -> dict[str, Any]:
+        pytest.importorskip("diffusers")
+        import tiny_diffusion
+
+        return getattr(tiny_diffusion, row)(folder)
+    return make
+
+
+def _pluralistic_checkpoints(folder: Path) -> dict[str, Any]:
+    """Random Pluralistic encoder and generator, saved as the authors' latest_net_{E,G}.pth."""
+    torch = pytest.importorskip("torch")
+    from dolos_bench.builder.generators.pluralistic_net import PluralisticEncoder, PluralisticGenerator
+
+    torch.manual_seed(0)
+    torch.save(PluralisticEncoder().state_dict(), folder / "latest_net_E.pth")
+    torch.save(PluralisticGenerator().state_dict(), folder / "latest_net_G.pth")
+    return {"weights": str(folder)}
+
+
+FIXTURES[("generator", "pluralistic")] = _pluralistic_checkpoints
+FIXTURES[("generator", "repaint")] = _tiny_diffusion("repaint_params")
+FIXTURES[("generator", "ddpm-full")] = _tiny_diffusion("ddpm_full_params")
 
 SEEDS = (0, 1, 2)
 

@@ -2,7 +2,7 @@
 
 Layers, highest first; a module may import from its own top-level part or from a lower layer only:
 
-    cli  ->  builder | eval | report | publish | train  ->  engine | perturbations | data | results
+    cli  ->  train  ->  builder | eval | report | publish  ->  engine | perturbations | data | results
          ->  config | registry | seeding | stage | metric_specs  ->  utils  ->  errors
 """
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dolos_bench"
 LAYERS = {
-    "cli": 3,
-    "builder": 2, "eval": 2, "report": 2, "publish": 2, "train": 2,
-    "engine": 1, "perturbations": 1, "data": 1, "results": 1,
+    "cli": 4,
+    "train": 3,  # training validates with eval's metrics and yields eval Localizers
+    "builder": 2, "eval": 2, "report": 2, "publish": 2, "convert": 2,
+    "engine": 1, "perturbations": 1, "data": 1, "results": 1, "weights": 1,
     "config": 0, "registry": 0, "seeding": 0, "stage": 0, "metric_specs": 0,
     "utils": -1,
     "errors": -2,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -76,10 +76,31 @@ class Generator(Stage, ABC):
     """The most images one :meth:`inpaint_batch` call may take (None: any number). The build's
     inpaint stage sends batches up to this size; output ``b`` must depend only on image ``b``,
     mask ``b`` and rng ``b``, never on the batch it came in."""
+    default_batch: ClassVar[int | None] = None
+    """The batch size the build uses when the recipe's ``batch_size`` is unset (None: ``max_batch``);
+    a learned generator sets what fits a typical GPU at its model's size."""
+    full_synthesis: ClassVar[bool] = False
+    """It makes whole images from noise (Dolos setup A), ignoring the real image it is given: the
+    build then gives the sample an all-forged mask without asking a masker, and names the model
+    (``identity()["model"]``) as the sample's ``source``. Such a generator sets
+    ``preserves_unmasked = False``."""
 
     def identity(self) -> dict[str, Any]:
         """Parameters (and weight identities) that define this generator, for provenance."""
         return {}
+
+    @classmethod
+    def unmasked_note(cls, params: Mapping[str, Any]) -> str | None:
+        """What the dataset card says about the pixels outside the mask for this generator built
+        with the recipe's ``params``, when they are not the real image's (None: they are).
+
+        Read without building the generator. The default follows :attr:`preserves_unmasked` (a
+        full-synthesis generator has no pixels outside its all-forged mask); a generator whose
+        parameters decide it (a paste-back option, a ``full`` variant) overrides this and says
+        what happened to them (e.g. "went through the autoencoder")."""
+        if cls.preserves_unmasked or cls.full_synthesis:
+            return None
+        return "pixels outside the mask are not the source image's: the generator re-made the whole image"
 
     @abstractmethod
     def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

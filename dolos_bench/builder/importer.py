@@ -28,6 +28,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from ..data.dataset_io import DatasetFolder, ShardRecord, shard_name
 from ..data.dolos_layout import SAMPLES_FILE, LayoutImage, ignored_in_layout, read_carried, read_image, scan_layout
 from ..data.images import encode_png
+from ..data.magnitude import area_ratio
 from ..data.schema import REAL, SPLITS
 from ..utils.files import sha256_file
 from .manifest import import_manifest
@@ -130,6 +131,9 @@ def _write_shard(folder: DatasetFolder, root: Path, name: str, split: str,
             notes.append({"source": sample.fields["source"], "source_id": sample.fields["source_id"],
                           "path": sample.image.path, "notes": ["re-encoded as PNG"]})
         rows.append({
+            # The layout has no originals: a fake's change is unknown, its area is the mask's
+            # (an export of a build carries all three in its samples file, and they win).
+            "area_ratio": None if sample.image.label == REAL else area_ratio(mask),
             **sample.fields,
             "image": {"bytes": image, "path": None},
             "mask": {"bytes": encode_png(mask), "path": None},

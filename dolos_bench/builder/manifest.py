@@ -43,7 +43,7 @@ def _counts(plan: "Plan", skipped: list[dict[str, Any]], recipe: "Recipe") -> di
         by_generator[label] += 1
     splits = {s: {"real": c["real"], "fake": c["fake"]} for s, c in by_split.items() if c}
     files = plan.files
-    return {
+    counts = {
         "total": sum(sum(c.values()) for c in by_split.values()),
         "planned": len(plan.samples) + len(plan.skipped),
         "skipped": len(skipped_ids),
@@ -52,6 +52,13 @@ def _counts(plan: "Plan", skipped: list[dict[str, Any]], recipe: "Recipe") -> di
         "files": {"read": files.read, "skipped": len(files.skipped), "converted": len(files.converted),
                   "ignored": len(files.ignored)},
     }
+    if recipe.subsets:  # exact-count recipes: samples built per subset and split, and the images not needed
+        by_subset: Counter[tuple[str, str]] = Counter(
+            (s.subset or "", s.split) for s in plan.samples if s.sample_id not in skipped_ids)
+        counts["subsets"] = {sub.label: {sp: by_subset[sub.label, sp] for sp in SPLITS if by_subset[sub.label, sp]}
+                             for sub in recipe.subsets}
+        counts["files"]["unused"] = files.unused
+    return counts
 
 
 def build_warnings(counts: dict[str, Any], plan: "Plan", skipped: list[dict[str, Any]]) -> list[str]:
@@ -162,6 +169,24 @@ def licence_notes(recipe: "Recipe") -> list[str]:
     return notes
 
 
+def unmasked_notes(recipe: "Recipe") -> list[tuple[str, str]]:
+    """(generator label, what happened outside the mask) for each generator whose ``unmasked_note``
+    says the pixels there are not the real image's (e.g. a latent-diffusion decode of the whole image).
+
+    Read from each generator class and its recipe parameters, never by building it, so a new
+    generator with such a note needs no change here.
+    """
+    from ..registry import GENERATORS
+
+    out = []
+    for spec in recipe.generators:
+        note_of = getattr(GENERATORS.get(spec.type), "unmasked_note", None)
+        note = note_of(dict(spec.params)) if callable(note_of) else None
+        if note:
+            out.append((spec.label, note))
+    return out
+
+
 def build_card(recipe: "Recipe", manifest: dict[str, Any]) -> str:
     """README.md of the dataset: YAML metadata that the Hub reads, then how it was built."""
     splits = [s for s in SPLITS if s in manifest["counts"]["splits"]]
@@ -183,6 +208,7 @@ def build_card(recipe: "Recipe", manifest: dict[str, Any]) -> str:
     body = env.get_template("dataset_card.md.j2").render(
         recipe=recipe, manifest=manifest, splits=splits, licences=_licences(recipe),
         licence_notes=licence_notes(recipe), source_notes=_source_notes(recipe),
+        unmasked_notes=unmasked_notes(recipe),
     )
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + body
 

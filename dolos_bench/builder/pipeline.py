@@ -26,12 +26,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..data.dataset_io import DatasetFolder, ShardRecord, StagedShard, shard_schema
 from ..engine import Pool, WorkerPlan, engine_for
+from ..engine.select import LOCAL, EngineChoice
 from ..registry import GENERATORS
 from .plan import (CheckJob, Checker, FileAccount, ItemCheck, Plan, PlannedSample, build_sources, make_plan,
                    samples_per_item)
 from .recipe import Recipe
 from .stages import (CheckBlock, CpuStages, FinishJob, InpaintBatch, InpaintSetup, InpaintStage, ShardDone,
-                     ShardJob, StageSetup, fill, inpaint_batches)
+                     ShardJob, StageSetup, batch_size, fill, inpaint_batches)
 
 __all__ = ["BuildInterrupted", "BuildReport", "build_sources", "make_plan", "run_build"]
 
@@ -151,8 +152,7 @@ def _made(recipe: Recipe, cpu: Pool, inpainters: dict[int, Pool], jobs: list[Sha
     def inpainted() -> Iterator[FinishJob]:
         for job, prepared in zip(jobs, made):
             for index, pool in inpainters.items():
-                size = getattr(GENERATORS.get(recipe.generators[index].type), "max_batch", 1)
-                pairs = inpaint_batches(recipe, index, prepared, size)
+                pairs = inpaint_batches(recipe, index, prepared, batch_size(recipe, index))
                 results = pool.map([batch for _, batch in pairs], describe=InpaintBatch.describe)
                 for (group, _), result in zip(pairs, results):
                     fill(recipe, index, group, result)
@@ -208,6 +208,8 @@ def run_build(
     stop_after_shards: int | None = None,
     inpaint_devices: Sequence[str] | None = None,
     inpaint_workers: int = 1,
+    engine: EngineChoice = LOCAL,
+    device: str | None = None,
 ) -> BuildReport:
     """Build (or resume) the dataset of ``recipe`` into ``out``.
 
@@ -218,29 +220,103 @@ def run_build(
     ``stop_after_shards`` ends the run early after writing that many new shards; tests use it to
     simulate an interrupted build. Ctrl-C (KeyboardInterrupt) is turned into
     :class:`BuildInterrupted` once the workers have stopped, saying how many shards were kept.
+
+    ``engine`` says where the workers run. On Ray (:mod:`dolos_bench.engine.ray`) the
+    ``workers`` CPU stage workers are actors, ``out`` must be a folder every node sees (checked
+    from each actor), and a generator whose recipe entry asks for ``num_gpus`` gets its own
+    actors (see :func:`_ray_inpainters`). The bytes are the same on either engine.
+
+    ``device`` (``bench build --device``) is where the learned (torch) generators run: each in
+    its own pool of ``inpaint_workers`` on that device, loaded once, fed batches of its recipe
+    ``batch_size`` while the CPU workers prepare and finish; a recipe entry's own ``device``
+    does the same for that generator and wins. Generators with neither run inside the CPU
+    workers, as before. On the CPU the bytes do not depend on any of this.
     """
+    from ..weights import check_stage_weights
+
+    check_stage_weights({"maskers": recipe.maskers, "generators": recipe.generators})  # one line, before any worker
     tally = _Tally()
-    remote = inpaint_devices is not None
-    local = () if remote else tuple(range(len(recipe.generators)))
+    apart = _apart(recipe, inpaint_devices, device, ray=engine.is_ray and _wants_gpus(recipe))
+    remote = bool(apart)
+    local = tuple(g for g in range(len(recipe.generators)) if g not in apart)
     setup = StageSetup(recipe.model_dump_json(), os.path.abspath(out), local, KEEP_BYTES // max(1, workers))
     try:
         with ExitStack() as stack:
-            engine = engine_for(workers, preload=PRELOAD, parent_works=True)  # CPU work: the parent too
-            cpu = stack.enter_context(engine.start(WorkerPlan(CpuStages, setup, workers)))
+            cpu_engine = engine.engine(workers, preload=PRELOAD, parent_works=True,  # CPU work: the parent too
+                                       num_cpus=_cpu_stage_cores(recipe, local), shared=(out,), name="build")
+            cpu = stack.enter_context(cpu_engine.start(WorkerPlan(CpuStages, setup, workers)))
 
             def open_inpainters() -> dict[int, Pool]:
                 if not remote:
                     return {}
-                engine = engine_for(inpaint_workers, preload=PRELOAD)
-                return {g: stack.enter_context(engine.start(WorkerPlan(
-                            InpaintStage, InpaintSetup(setup.recipe_json, g), inpaint_workers,
-                            tuple(inpaint_devices or ()) or ("cpu",))))
-                        for g in range(len(recipe.generators))}
+                if engine.is_ray:
+                    return {g: stack.enter_context(engine.engine(
+                                actors, num_cpus=cores, num_gpus=gpus, name=f"generator-{recipe.generators[g].label}"
+                            ).start(WorkerPlan(InpaintStage, InpaintSetup(setup.recipe_json, g), actors)))
+                            for g, (actors, cores, gpus) in _ray_inpainters(recipe).items()}
+                local_engine = engine_for(inpaint_workers, preload=PRELOAD)
+                return {g: stack.enter_context(local_engine.start(WorkerPlan(
+                            InpaintStage, InpaintSetup(setup.recipe_json, g), inpaint_workers, devices)))
+                        for g, devices in apart.items()}
 
             return _build(recipe, out, cpu, open_inpainters, tally, overwrite=overwrite, progress=progress,
                           stop_after_shards=stop_after_shards)
     except KeyboardInterrupt:
         raise BuildInterrupted(_interrupted_message(tally), out=out, kept=tally.kept, total=tally.total) from None
+
+
+def _apart(recipe: Recipe, inpaint_devices: Sequence[str] | None, device: str | None, *,
+           ray: bool) -> dict[int, tuple[str, ...]]:
+    """The generators that run in their own pool, each with its workers' devices (round-robin).
+
+    All of them with ``inpaint_devices`` (or on Ray with GPUs asked for, placed by
+    :func:`_ray_inpainters`); otherwise those whose recipe entry names a ``device``, and, with
+    ``device``, every generator that runs on torch (the OpenCV ones gain nothing from a pool
+    of their own and stay inside the CPU workers).
+    """
+    count = len(recipe.generators)
+    if ray:
+        return {g: () for g in range(count)}
+    if inpaint_devices is not None:
+        return {g: tuple(inpaint_devices) or ("cpu",) for g in range(count)}
+    apart = {}
+    for g, spec in enumerate(recipe.generators):
+        learned = "torch" in (getattr(GENERATORS.get(spec.type), "requires", ()) or ())
+        where = spec.device or (device if learned else None)
+        if where:
+            apart[g] = (where,)
+    return apart
+
+
+def _wants_gpus(recipe: Recipe) -> bool:
+    return any((g.num_gpus or 0) > 0 for g in recipe.generators)
+
+
+def _cpu_stage_cores(recipe: Recipe, local: Sequence[int]) -> float:
+    """Cores each CPU stage worker reserves on Ray: 1, or more for a generator run inside it that asks."""
+    return max([1.0, *((recipe.generators[g].num_cpus or 0) for g in local)])
+
+
+def _ray_inpainters(recipe: Recipe) -> dict[int, tuple[int, float, float]]:
+    """``(actors, num_cpus, num_gpus)`` of each generator's own pool on Ray, when one asks for GPUs.
+
+    The cluster's GPUs are shared evenly between the generators that ask for them, one actor per
+    ``num_gpus`` of a generator's share (at least one); a generator without ``num_gpus`` then
+    runs apart too, in one actor of ``num_cpus`` cores (1 by default), since a shard's samples
+    are either all inpainted inside the CPU workers or all sent out.
+    """
+    from ..engine.ray import cluster_resources
+
+    gpu = [g for g, spec in enumerate(recipe.generators) if (spec.num_gpus or 0) > 0]
+    share = cluster_resources().get("GPU", 0.0) / max(1, len(gpu))
+    pools = {}
+    for g, spec in enumerate(recipe.generators):
+        if g in gpu:
+            gpus = float(spec.num_gpus or 0)
+            pools[g] = (max(1, int(share // gpus)), float(spec.num_cpus or 0), gpus)
+        else:
+            pools[g] = (1, float(1 if spec.num_cpus is None else spec.num_cpus), 0.0)
+    return pools
 
 
 def _interrupted_message(tally: _Tally) -> str:

@@ -7,6 +7,9 @@ there, once per file, and an image whose decoded pixels equal an earlier one's i
 duplicate, so that no picture can be in two splits under two names. Who does the decoding (this
 process, or the build's workers, which keep the pixels for the samples) is the caller's
 :data:`Checker`; the plan is the same either way.
+
+A recipe with ``subsets`` states exact counts instead of fractions (the Dolos paper's Table 1):
+see :func:`plan_subsets`. A dry run plans with :func:`listing_checker`, which decodes nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ from ..data.dataset_io import shard_name
 from ..data.images import ImageLoadError, LoadedImage, load_rgb, pixel_digest, size_notes
 from ..data.schema import SPLITS
 from ..data.sources import Source, SourceItem
+from ..errors import UserError
 from ..registry import SOURCES
 from ..seeding import derive_seed, rng_for
-from .recipe import Recipe
+from .recipe import Recipe, Subset, full_synthesis
+
+
+class PlanError(UserError, ValueError):
+    """The sources cannot give what the recipe asks (too few usable images for its exact counts)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class PlannedSample:
     mask_key: str  # keys the masker's randomness (shared across generators if share_mask)
     chain: int | None  # index into recipe.perturbations.chains, or None
     seed: int
+    subset: str | None = None  # the recipe subset it belongs to (recipes with `subsets` only)
 
     @property
     def item_key(self) -> str:
@@ -62,6 +71,7 @@ class FileAccount:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # source, source_id, path, reason, samples
     converted: list[dict[str, Any]] = field(default_factory=list)  # source, source_id, path, notes
     ignored: list[dict[str, Any]] = field(default_factory=list)  # source, path, reason
+    unused: int = 0  # listed but not needed by a recipe with exact counts (never decoded)
 
 
 @dataclass
@@ -136,6 +146,15 @@ def check_item(source: Source, ref: Any, recipe: Recipe) -> ItemCheck:
 def inline_checker(recipe: Recipe, sources: list[Source]) -> Checker:
     """Check items one after the other in this process, keeping nothing."""
     return lambda jobs: (check_item(sources[job.source_index], job.ref, recipe) for job in jobs)
+
+
+def listing_checker(jobs: list[CheckJob]) -> list[ItemCheck]:
+    """Take every listed item as usable, decoding nothing: the plan of a dry run.
+
+    Its counts are what the build makes when every file decodes and none repeats another's
+    pixels; a real build replaces such files by others where the recipe has exact counts.
+    """
+    return [ItemCheck(None) for _ in jobs]
 
 
 # -- random choices -------------------------------------------------------------------------------
@@ -226,9 +245,10 @@ def make_plan(recipe: Recipe, sources: list[Source], *, check: Checker | None = 
     order, each source's items in its stable order) is kept and the others are skipped with
     "duplicate of <the kept one>", so the outcome is the same on every run and every resume.
     """
+    if recipe.subsets:
+        return plan_subsets(recipe, sources, check=check)
     plan = Plan(samples=[])
     fractions = recipe.splits.as_dict()
-    chains = recipe.perturbations.chains
     listed = _list_items(recipe, sources, plan)
     splits = [assign_split(recipe.seed, name, item.split_key, fractions) for _, name, item in listed]
     jobs = [CheckJob(i, item.ref, (SPLITS.index(split), f"{name}-{item.source_id}"))
@@ -253,19 +273,30 @@ def make_plan(recipe: Recipe, sources: list[Source], *, check: Checker | None = 
             plan.files.converted.append({"source": name, "source_id": item.source_id, "path": item.label,
                                          "notes": list(result.notes)})
         for sample_id, g, mask_key in found:
-            chain = None
-            if chains and recipe.perturbations.probability > 0:
-                rng = rng_for(recipe.seed, sample_id, "perturbation-choice")
-                if rng.random() < recipe.perturbations.probability:
-                    chain = int(rng.integers(len(chains)))
-            plan.samples.append(
-                PlannedSample(
-                    sample_id=sample_id, split=split, source_index=source_index,
-                    source_name=name, source_id=item.source_id, ref=item.ref, path=item.label,
-                    generator_index=g, mask_key=mask_key, chain=chain,
-                    seed=derive_seed(recipe.seed, sample_id) & 0x7FFF_FFFF_FFFF_FFFF,
-                )
-            )
+            plan.samples.append(_sample(recipe, sample_id, split, source_index, name, item, g, mask_key))
+    _cut_shards(recipe, plan)
+    return plan
+
+
+def _sample(recipe: Recipe, sample_id: str, split: str, source_index: int, name: str, item: SourceItem,
+            g: int | None, mask_key: str, subset: str | None = None) -> PlannedSample:
+    """One planned sample; its perturbation chain and seed come from ``(recipe seed, sample id)``."""
+    chains = recipe.perturbations.chains
+    chain = None
+    if chains and recipe.perturbations.probability > 0:
+        rng = rng_for(recipe.seed, sample_id, "perturbation-choice")
+        if rng.random() < recipe.perturbations.probability:
+            chain = int(rng.integers(len(chains)))
+    return PlannedSample(
+        sample_id=sample_id, split=split, source_index=source_index,
+        source_name=name, source_id=item.source_id, ref=item.ref, path=item.label,
+        generator_index=g, mask_key=mask_key, chain=chain,
+        seed=derive_seed(recipe.seed, sample_id) & 0x7FFF_FFFF_FFFF_FFFF, subset=subset,
+    )
+
+
+def _cut_shards(recipe: Recipe, plan: Plan) -> None:
+    """Sort the samples in shard order (split, then id) and cut them into shards."""
     plan.samples.sort(key=lambda s: (SPLITS.index(s.split), s.sample_id))
     size = recipe.output.shard_size
     for split in SPLITS:
@@ -273,9 +304,153 @@ def make_plan(recipe: Recipe, sources: list[Source], *, check: Checker | None = 
         total = (len(members) + size - 1) // size
         for i in range(total):
             plan.shards.append((shard_name(split, i, total), split, members[i * size : (i + 1) * size]))
-    return plan
 
 
 def samples_per_item(recipe: Recipe) -> int:
-    """How many samples each source item makes (the same for every item of a recipe)."""
+    """How many samples each source item makes (the same for every item of a recipe; for one
+    with ``subsets``, the average, which is what the checker's shard estimate needs)."""
+    if recipe.subsets:
+        needs = split_needs(recipe)
+        pool = sum(needs.values())
+        return max(1, round(sum(s.counts.total for s in recipe.subsets) / pool)) if pool else 1
     return len(variants(recipe, "item"))
+
+
+# -- exact counts (recipes with `subsets`) ----------------------------------------------------------
+
+
+def sources_needed(recipe: Recipe, subset: Subset, split: str) -> int:
+    """Source images a subset takes from a split's pool: one per real, ``ceil(count / per_source)``
+    per fake subset; a fully generated subset uses no source pixels, only one placeholder item."""
+    count = subset.counts.as_dict()[split]
+    if count == 0:
+        return 0
+    if subset.real:
+        return count
+    if full_synthesis(recipe, subset.generator or ""):
+        return 1
+    return -(-count // subset.per_source)
+
+
+def split_needs(recipe: Recipe) -> dict[str, int]:
+    """How many source images each split's pool holds: what its hungriest subset takes.
+
+    The subsets of a split all draw from the front of one pool, so a real image and its fakes
+    share a split and, by default, a source: the fakes of a subset are inpaintings of the
+    split's real images (and of more images where the subset needs more).
+    """
+    return {split: max([sources_needed(recipe, s, split) for s in recipe.subsets] + [0]) for split in SPLITS}
+
+
+def _candidates(recipe: Recipe, listed: list[tuple[int, str, SourceItem]]) -> list[int]:
+    """Positions in ``listed``, groups kept together, in an order drawn from the seed.
+
+    The order is a hash of ``(seed, source name, group)``, so it does not depend on listing
+    order and adding an image moves no other; the items of a group stay consecutive (and so in
+    one split).
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for position, (_, name, item) in enumerate(listed):
+        groups.setdefault((name, item.split_key), []).append(position)
+    order = sorted(groups, key=lambda g: (derive_seed(recipe.seed, "subset-order", g[0], g[1]), g))
+    return [position for g in order for position in groups[g]]
+
+
+def plan_subsets(recipe: Recipe, sources: list[Source], *, check: Checker | None = None) -> Plan:
+    """The plan of a recipe with ``subsets``: exactly the counts it states, or a :class:`PlanError`.
+
+    Source items are taken in a seeded order (see :func:`_candidates`) and checked (decoded) only
+    as far as needed: an unusable or duplicate item is replaced by the next one, so the counts
+    stay exact (of items with the same decoded pixels, the first in this order is kept). Usable
+    items fill the train pool, then validation, then test (a group's items
+    never straddle two splits), each up to :func:`split_needs`; items left over are unused and
+    never decoded. In each split, sample ``j`` of a subset is made from pool item ``j mod n`` as
+    its variant ``j div n``, where ``n = min(pool size, count)``, at least ``ceil(count /
+    per_source)``: fakes spread over as many images as possible; the subsets of one
+    group thus take the same items, and the mask of each (item, variant) is keyed by the group,
+    so every generator of the group inpaints the same region of the same image.
+    """
+    plan = Plan(samples=[])
+    listed = _list_items(recipe, sources, plan)
+    needs = split_needs(recipe)
+    order = _candidates(recipe, listed)
+    check = check or inline_checker(recipe, sources)
+    pools: dict[str, list[int]] = {split: [] for split in SPLITS}
+    group_split: dict[tuple[str, str], str] = {}
+    owners: dict[str, SourceItem] = {}
+    spare = 0  # usable items of a group whose split was already full
+    cursor = 0
+
+    def open_split() -> str | None:
+        return next((sp for sp in SPLITS if len(pools[sp]) < needs[sp]), None)
+
+    while open_split() is not None and cursor < len(order):
+        missing = sum(needs[sp] - len(pools[sp]) for sp in SPLITS)
+        batch = order[cursor : cursor + missing]
+        cursor += len(batch)
+        # Where each item will most likely land, for checkers that keep neighbours together.
+        guess, filled = [], {sp: len(pools[sp]) for sp in SPLITS}
+        for position in batch:
+            split = next((sp for sp in SPLITS if filled[sp] < needs[sp]), SPLITS[-1])
+            filled[split] += 1
+            _, name, item = listed[position]
+            guess.append(CheckJob(listed[position][0], item.ref, (SPLITS.index(split), f"{name}-{item.source_id}")))
+        for position, job, result in zip(batch, guess, check(guess)):
+            source_index, name, item = listed[position]
+            reason = result.error
+            if result.digest is not None:
+                owner = owners.setdefault(result.digest, item)
+                if owner is not item:
+                    reason = f"duplicate of {owner.label} (same decoded pixels)"
+            if reason is not None:
+                plan.files.skipped.append({"source": name, "source_id": item.source_id, "path": item.label,
+                                           "reason": reason, "samples": 0})
+                continue
+            key = (name, item.split_key)
+            split = group_split.get(key) or open_split()
+            if split is None or len(pools[split]) >= needs[split]:
+                spare += 1
+                continue
+            group_split[key] = split
+            pools[split].append(position)
+            if result.held_by is not None:
+                plan.held_by[job.key] = result.held_by
+            if result.notes:
+                plan.files.converted.append({"source": name, "source_id": item.source_id, "path": item.label,
+                                             "notes": list(result.notes)})
+    short = {sp: needs[sp] - len(pools[sp]) for sp in SPLITS if len(pools[sp]) < needs[sp]}
+    if short:
+        wanted = sum(needs.values())
+        usable = sum(len(p) for p in pools.values()) + spare
+        raise PlanError(
+            f"recipe {recipe.name!r} needs {wanted} source images ({', '.join(f'{sp} {n}' for sp, n in needs.items() if n)})"
+            f" but its sources give {usable} usable of {len(listed)} listed ({len(plan.files.skipped)} skipped):"
+            " add images or lower the subsets' counts (or raise per_source)")
+    plan.files.unused = len(order) - cursor + spare
+    for split in SPLITS:
+        pool = [listed[p] for p in pools[split]]
+        for subset in recipe.subsets:
+            _subset_samples(recipe, plan, subset, split, pool)
+    _cut_shards(recipe, plan)
+    return plan
+
+
+def _subset_samples(recipe: Recipe, plan: Plan, subset: Subset, split: str,
+                    pool: list[tuple[int, str, SourceItem]]) -> None:
+    """The samples of one subset in one split, from the front of the split's pool."""
+    count = subset.counts.as_dict()[split]
+    # Spread over as many of the pool's images as there are samples (never fewer than per_source allows).
+    n = max(sources_needed(recipe, subset, split), min(len(pool), count))
+    if subset.real:
+        for source_index, name, item in pool[:count]:
+            base = f"{name}-{item.source_id}"
+            plan.samples.append(_sample(recipe, f"{base}-real", split, source_index, name, item, None, "", subset.label))
+        return
+    g = next(i for i, spec in enumerate(recipe.generators) if spec.label == subset.generator)
+    for j in range(count):
+        source_index, name, item = pool[j % n]
+        k = j // n
+        base = f"{name}-{item.source_id}"
+        sample_id = f"{base}-{recipe.generators[g].label}-{k}"
+        mask_key = f"{base}#{subset.group}#{k}" if subset.group is not None else sample_id
+        plan.samples.append(_sample(recipe, sample_id, split, source_index, name, item, g, mask_key, subset.label))

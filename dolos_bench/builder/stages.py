@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from ..data.dataset_io import DatasetFolder, StagedShard
 from ..data.images import ImageLoadError, encode_png, preprocess
+from ..data.magnitude import MAGNITUDE_COLUMNS, magnitude
 from ..data.schema import FAKE, REAL
 from ..engine import Worker
 from ..registry import GENERATORS, MASKERS
@@ -72,7 +73,8 @@ class CheckBlock:
 @dataclass(frozen=True)
 class ShardJob:
     """One shard's samples. ``whole``: prepare, inpaint (every generator is local) and finish here;
-    otherwise only prepare, and the parent sends the fakes to the inpaint stage.
+    otherwise prepare (and inpaint with the generators these workers hold), and the parent sends
+    the other fakes to their inpaint stages.
 
     ``release`` names the items whose kept pixels no later shard needs.
     """
@@ -106,6 +108,8 @@ class Prepared:
     masker_config: dict[str, Any] = field(default_factory=dict)  # {"type", **identity, **info}
     generator_config: str = "{}"  # set once inpainted
     skip: str | None = None
+    source: str | None = None  # the sample's `source` when not its item's: the model of a fully generated fake
+    original: np.ndarray | None = None  # the real image a fake was inpainted from (for its magnitude columns)
 
     @property
     def needs_inpainting(self) -> bool:
@@ -146,6 +150,7 @@ class InpaintBatch:
     sample_ids: list[str]
     images: list[np.ndarray]
     masks: list[np.ndarray]
+    parts: list[list[str]] | None = None  # the masks' part names, for generators that declare `uses_parts`
 
     def describe(self) -> str:
         return f"inpainting {', '.join(self.sample_ids[:3])}{' ...' if len(self.sample_ids) > 3 else ''}"
@@ -178,13 +183,15 @@ def inpaint(generator: Generator, seed: int, batch: InpaintBatch) -> list[np.nda
     call, so a retry one by one gives what the batch would have.
     """
     rngs = [rng_for(seed, sample_id, "generator") for sample_id in batch.sample_ids]
+    parts = batch.parts or [[] for _ in batch.sample_ids]
+    by_part = {"parts": parts} if getattr(generator, "uses_parts", False) else {}  # e.g. per-part prompts
     try:
-        outputs = generator.inpaint_batch(list(batch.images), list(batch.masks), rngs)
+        outputs = generator.inpaint_batch(list(batch.images), list(batch.masks), rngs, **by_part)
     except SkipSample as exc:
         if len(batch.sample_ids) == 1:
             return [str(exc)]
-        return [inpaint(generator, seed, InpaintBatch([s], [i], [m]))[0]
-                for s, i, m in zip(batch.sample_ids, batch.images, batch.masks)]
+        return [inpaint(generator, seed, InpaintBatch([s], [i], [m], [p]))[0]
+                for s, i, m, p in zip(batch.sample_ids, batch.images, batch.masks, parts)]
     if len(outputs) != len(batch.sample_ids):
         raise RuntimeError(f"{type(generator).__name__}.inpaint_batch returned {len(outputs)} images"
                            f" for {len(batch.sample_ids)}")
@@ -197,21 +204,39 @@ def generator_config(recipe: Recipe, index: int, identity: dict[str, Any], maske
                       sort_keys=True, default=str)
 
 
+def makes_whole_images(recipe: Recipe, index: int) -> bool:
+    """Whether generator ``index`` declares ``full_synthesis``: no masker, an all-forged mask, the model as source."""
+    return bool(getattr(GENERATORS.get(recipe.generators[index].type), "full_synthesis", False))
+
+
 def fill(recipe: Recipe, index: int, prepared: list[Prepared], result: Inpainted) -> None:
     """Put an inpaint batch's outputs into the prepared samples they were made for."""
+    whole = makes_whole_images(recipe, index)
     for item, output in zip(prepared, result.outputs):
         if isinstance(output, str):
             item.image, item.skip = None, output
         else:
-            item.image = output
+            item.original, item.image = (None if whole else item.image), output
             item.generator_config = generator_config(recipe, index, result.identity, item.masker_config)
+            if whole:
+                item.source = str(result.identity.get("model") or recipe.generators[index].label)
+
+
+def batch_size(recipe: Recipe, index: int) -> int | None:
+    """Images per inpaint call for generator ``index``: the recipe's ``batch_size``, else the
+    generator's ``default_batch``, else its ``max_batch`` (None: a shard's fakes at once); never
+    above ``max_batch``."""
+    cls = GENERATORS.get(recipe.generators[index].type)
+    most = getattr(cls, "max_batch", 1)
+    size = recipe.generators[index].batch_size or getattr(cls, "default_batch", None) or most
+    return size if most is None or size is None else min(size, most)
 
 
 def inpaint_batches(recipe: Recipe, index: int, prepared: list[Prepared], size: int | None) -> list[tuple[list[Prepared], InpaintBatch]]:
     """The fakes of generator ``index`` among ``prepared``, as batches of at most ``size``."""
     todo = [p for p in prepared if p.needs_inpainting and p.sample.generator_index == index]
     return [(group, InpaintBatch([p.sample.sample_id for p in group], [p.image for p in group],
-                                 [p.mask for p in group]))
+                                 [p.mask for p in group], [list(p.parts) for p in group]))
             for group in batches(todo, size)]
 
 
@@ -240,6 +265,7 @@ class CpuStages(Worker):
         self.generators: dict[int, Generator] = {
             g: _build_stage(GENERATORS, recipe.generators[g], device) for g in spec.local_generators}
         self.chains = [parse_chain(c) for c in recipe.perturbations.chains]
+        self.whole = {g for g in range(len(recipe.generators)) if makes_whole_images(recipe, g)}
         self.folder = DatasetFolder(Path(spec.out))
         self.kept: dict[str, np.ndarray] = {}  # item key -> preprocessed pixels, from planning
         self.kept_bytes = 0
@@ -258,12 +284,12 @@ class CpuStages(Worker):
             return self.check_block(unit)
         if isinstance(unit, ShardJob):
             prepared = self.prepare(unit.samples, unit.release, unit.pixels)
-            if not unit.whole:
-                return prepared
-            for index, generator in self.generators.items():
-                for group, batch in inpaint_batches(self.recipe, index, prepared, generator.max_batch):
+            for index, generator in self.generators.items():  # those that run here; the others: InpaintStage
+                for group, batch in inpaint_batches(self.recipe, index, prepared, batch_size(self.recipe, index)):
                     fill(self.recipe, index, group,
                          Inpainted(inpaint(generator, self.recipe.seed, batch), generator.identity()))
+            if not unit.whole:
+                return prepared
             return self.finish(unit.name, prepared, unit.schema, unit.part)
         return self.finish(unit.name, unit.prepared, unit.schema, unit.part)
 
@@ -343,6 +369,8 @@ class CpuStages(Worker):
         recipe = self.recipe
         if sample.generator_index is None:
             return Prepared(sample, image, np.zeros(image.shape[:2], dtype=np.uint8))
+        if sample.generator_index in self.whole:  # made from noise: every pixel forged, no masker asked
+            return Prepared(sample, image, np.full(image.shape[:2], 255, dtype=np.uint8))
         m = choose(rng_for(recipe.seed, sample.mask_key, "masker"), [s.weight for s in recipe.maskers])
         try:
             masker = self.maskers[m]
@@ -375,6 +403,9 @@ class CpuStages(Worker):
         if item.skip is not None or item.image is None or item.mask is None:
             return None, item.skip
         image, mask = item.image, item.mask
+        # How much the generator changed (before any perturbation); null for reals.
+        change = (magnitude(item.original, image, mask) if sample.generator_index is not None
+                  else dict.fromkeys(MAGNITUDE_COLUMNS))
         chain_spec: list[dict[str, Any]] = []
         if sample.chain is not None:
             chain = self.chains[sample.chain]
@@ -390,8 +421,8 @@ class CpuStages(Worker):
             "image": {"bytes": encode_png(np.ascontiguousarray(image), level), "path": None},
             "mask": {"bytes": encode_png(np.ascontiguousarray(mask), level), "path": None},
             "label": FAKE if fake else REAL,
-            "source": sample.source_name,
-            "source_id": sample.source_id,
+            "source": item.source or sample.source_name,
+            "source_id": sample.sample_id if item.source else sample.source_id,
             "generator": recipe.generators[sample.generator_index].label if fake else "real",
             "generator_config": item.generator_config,
             "masker": recipe.maskers[item.masker].label if item.masker is not None else "",
@@ -399,6 +430,7 @@ class CpuStages(Worker):
             "perturbations": json.dumps(chain_spec, sort_keys=True),
             "seed": sample.seed,
             "split": sample.split,
+            **change,
         }, None
 
 

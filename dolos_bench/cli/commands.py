@@ -100,7 +100,8 @@ def ls_command(kind: str | None) -> None:
         for name in registry.names():
             details = registry.details(name)  # imports the entry: `requires` and parameters live on it
             needs = None if details.error is not None else install_hint(registry.get(name))
-            click.echo(_ls_line(k, name, details.summary, details.origin, needs))
+            trainable = details.error is None and getattr(registry.get(name), "task", None) is not None
+            click.echo(_ls_line(k, name, details.summary, details.origin, needs) + ("  [trainable: bench train]" if trainable else ""))
             if kind is None:
                 continue
             if details.error is not None:
@@ -159,19 +160,52 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     )
 
 
+def _engine_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--engine`` and ``--address``: where build, eval and stress run their workers (see docs/scaling.md)."""
+    command = click.option("--address", default=None, metavar="ADDR",
+                           help="With --engine ray: the cluster to join (auto, or ray://HOST:10001); without it a"
+                                " local Ray instance is started.")(command)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Where the workers run: local (processes on this machine) or ray (actors on a Ray"
+                             " cluster; the output folder must be shared by every node).")(command)
+
+
 @main.command(short_help="Build a dataset from a recipe (resumes if interrupted).", epilog=BUILD_EPILOG)
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False),
+              help="Output dataset folder (required unless --dry-run).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (repeatable; the value is YAML), e.g. --set fakes.per_source=2.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Print the plan (samples per split and subset, weights and whether present); decode, load, write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as one JSON object.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="Processes for the CPU stages.")
+@click.option("--device", "device", default=None, metavar="DEVICE",
+              help="Run the learned (torch) generators on DEVICE (cpu, cuda, cuda:1, auto), each in its own worker,"
+                   " loaded once and fed batches; a recipe generator's own `device:` wins. Default: inside the CPU"
+                   " workers.")
+@_engine_options
 @click.option("--overwrite", is_flag=True, help="Replace a finished build in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overwrite: bool, quiet: bool) -> None:
+def build(recipe: str, out: str | None, overrides: tuple[str, ...], dry_run: bool, as_json: bool, workers: int,
+          overwrite: bool, quiet: bool, engine: str = "local", address: str | None = None,
+          device: str | None = None) -> None:
     """Build a dataset from RECIPE; resumes an interrupted build of the same recipe."""
     from ..builder.pipeline import BuildInterrupted, run_build
 
     r = _load(recipe, overrides)
+    if dry_run:
+        import json
+
+        from ..builder.dryrun import dry_run as plan_only, render_dry_run
+
+        planned = plan_only(r)
+        click.echo(json.dumps(planned.as_json(), indent=2) if as_json else "\n".join(render_dry_run(planned)))
+        return
+    if as_json:
+        fail("--json goes with --dry-run (a build reports in its manifest.json)")
+    if out is None:
+        fail("missing option --out: the folder to build into (or --dry-run to see the plan only)")
     with progress_bar(f"build {r.name}", quiet=quiet) as bar:
         task = bar.add_task(f"build {r.name}", total=None, rate="")
         state = {"t0": None, "d0": 0}
@@ -187,13 +221,16 @@ def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overw
             bar.update(task, completed=done, total=total, rate=f"{rate:5.1f} samples/s")
 
         try:
-            result = run_build(r, Path(out), workers=workers, overwrite=overwrite, progress=report)
+            from ..engine.select import EngineChoice
+
+            result = run_build(r, Path(out), workers=workers, overwrite=overwrite, progress=report,
+                               engine=EngineChoice(engine, address), device=device)  # type: ignore[arg-type]
         except BuildInterrupted as exc:
             interrupted = exc
         else:
             interrupted = None
     if interrupted is not None:
-        again = _build_command(recipe, out, overrides, workers, quiet)
+        again = _build_command(recipe, out, overrides, workers, quiet, engine, address, device)
         what = (f"interrupted while planning: nothing new written in {out}" if interrupted.total is None
                 else f"interrupted: {interrupted.kept} of {interrupted.total} shards kept in {out}")
         console.print(f"{what}; run `{again}` to resume", markup=False, highlight=False, soft_wrap=True)
@@ -204,7 +241,8 @@ def build(recipe: str, out: str, overrides: tuple[str, ...], workers: int, overw
         click.echo(f"warning: {warning}; details in {out}/manifest.json", err=True)
 
 
-def _build_command(recipe: str, out: str, overrides: tuple[str, ...], workers: int, quiet: bool) -> str:
+def _build_command(recipe: str, out: str, overrides: tuple[str, ...], workers: int, quiet: bool,
+                   engine: str = "local", address: str | None = None, device: str | None = None) -> str:
     """The `bench build` command that resumes this build: the same options, never --overwrite."""
     import shlex
 
@@ -213,6 +251,10 @@ def _build_command(recipe: str, out: str, overrides: tuple[str, ...], workers: i
         words += ["--set", item]
     if workers != 1:
         words += ["--workers", str(workers)]
+    if engine != "local":
+        words += ["--engine", engine] + (["--address", address] if address else [])
+    if device:
+        words += ["--device", device]
     if quiet:
         words.append("--quiet")
     return shlex.join(words)
@@ -313,7 +355,7 @@ def _model_options(model_args: tuple[str, ...], weights: str | None) -> dict:
 
 
 _CONFIG_OPTIONS = ("data", "split", "protocol", "device", "batch_size", "limit", "exact", "bootstrap", "workers",
-                   "chunk_size")
+                   "chunk_size", "engine", "address")
 """The command-line options that become fields of a ScoringConfig of the same names."""
 
 
@@ -361,7 +403,7 @@ def _scoring_options(command: Callable[..., None]) -> Callable[..., None]:
     ]
     for option in reversed(options):
         with_config = option(with_config)
-    return with_config
+    return _engine_options(with_config)
 
 
 def eval_summary(results: Results) -> list[str]:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from ..errors import UserError
 from ..utils.files import atomic_path, atomic_write_json, sha256_file
 from ..utils.outdir import files_under, refuse_foreign, remove_ours
-from .schema import COLUMNS, features
+from .schema import COLUMNS, MAGNITUDE_COLUMNS, features
 
 STATE_DIR = ".dolos-build"
 MANIFEST = "manifest.json"
@@ -81,7 +81,8 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -
     (images as ``{"bytes", "path"}``, labels as ints, as the build makes them): build workers then
     write shards without importing `datasets`, and the bytes are the same.
     """
-    columns = {name: [row[name] for row in rows] for name in COLUMNS}
+    # Rows made without the magnitude columns (imports of data that has no originals) hold nulls there.
+    columns = {name: [row.get(name) if name in MAGNITUDE_COLUMNS else row[name] for row in rows] for name in COLUMNS}
     if schema is None:
         feats = features()
         return pa.Table.from_pydict(feats.encode_batch(columns), schema=feats.arrow_schema)

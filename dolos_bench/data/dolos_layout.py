@@ -38,7 +38,7 @@ from ..utils.outdir import prepare_output, write_record
 from .dataset_io import DatasetFolder
 from .images import decode_png, encode_png
 from .reader import DatasetReadError, read_rows
-from .schema import FAKE, REAL
+from .schema import FAKE, MAGNITUDE_COLUMNS, REAL
 from .sources import IMAGE_EXTENSIONS, Source, SourceItem, slugify
 
 DOLOS_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
@@ -141,7 +141,8 @@ def export_dolos(dataset_dir: Path, out: Path, *, overwrite: bool = False) -> di
         for row, paths in planned:
             _write_sample(out, row, paths)
             counts["real" if row["label"] == REAL else "fake"] += 1
-            carried.append(json.dumps({"file": paths[0], **{k: row[k] for k in CARRIED}}, sort_keys=True))
+            magnitude = {k: row[k] for k in MAGNITUDE_COLUMNS if row.get(k) is not None}
+            carried.append(json.dumps({"file": paths[0], **{k: row[k] for k in CARRIED}, **magnitude}, sort_keys=True))
     atomic_write_text(out / SAMPLES_FILE, "".join(line + "\n" for line in carried))
     return counts
 
@@ -279,6 +280,8 @@ def read_carried(root: Path) -> dict[str, dict[str, Any]]:
         if problem:
             raise DolosLayoutError(f"{path} line {number}: {problem}")
         carried[entry["file"]] = {k: entry[k] for k in CARRIED}
+        carried[entry["file"]].update({k: float(entry[k]) for k in MAGNITUDE_COLUMNS  # optional: newer exports
+                                       if isinstance(entry.get(k), (int, float)) and not isinstance(entry[k], bool)})
     return carried
 
 

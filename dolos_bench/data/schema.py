@@ -24,8 +24,11 @@ SPLITS = ("train", "validation", "test")
 
 COLUMNS = [
     "id", "image", "mask", "label", "source", "source_id", "generator", "generator_config",
-    "masker", "parts", "perturbations", "seed", "split",
+    "masker", "parts", "perturbations", "seed", "split", "area_ratio", "change_ssim", "change_ciede2000",
 ]
+# How much a fake changed (see data/magnitude.py); null for reals. Datasets made before these
+# columns existed lack them: readers take a missing column as all null.
+MAGNITUDE_COLUMNS = ("area_ratio", "change_ssim", "change_ciede2000")
 
 
 @lru_cache(maxsize=1)
@@ -48,6 +51,9 @@ def features() -> "datasets.Features":
             "perturbations": datasets.Value("string"),  # JSON list of {"name": ..., params}
             "seed": datasets.Value("int64"),
             "split": datasets.Value("string"),
+            "area_ratio": datasets.Value("float64"),  # forged share of the mask; null for reals
+            "change_ssim": datasets.Value("float64"),  # mean SSIM inside the mask vs the original
+            "change_ciede2000": datasets.Value("float64"),  # mean CIEDE2000 inside the mask vs the original
         }
     )
     assert list(feats) == COLUMNS

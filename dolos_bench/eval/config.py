@@ -9,11 +9,12 @@ unchanged, down to every worker process, which rebuilds its model, data and prot
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ConfigDict, ValidationInfo, field_validator
+from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
 from dolos_bench.config import Strict
+from dolos_bench.engine.select import EngineChoice
 
 _MINIMUM = {"batch_size": 1, "limit": 1, "bootstrap": 0, "workers": 1, "chunk_size": 1}
 """The smallest value of each number option (``limit`` and ``bootstrap`` may also be ``None``)."""
@@ -26,8 +27,9 @@ class ScoringConfig(Strict):
     ``weights``). ``bootstrap`` ``None`` means the command's own default (1000 resamples for
     eval, 200 per grid point for stress); ``seed`` seeds the bootstrap. ``workers`` > 1 scores
     units in that many processes, each with its own copy of the model on its own device;
-    ``chunk_size`` is the rows per unit of ``bench eval`` (stress units are grid points). None of
-    ``workers``, ``chunk_size`` or ``batch_size`` changes a number.
+    ``chunk_size`` is the rows per unit of ``bench eval`` (stress units are grid points).
+    ``engine`` ``ray`` scores units on Ray actors instead (``address``: a running cluster). None
+    of ``workers``, ``chunk_size``, ``batch_size`` or ``engine`` changes a number.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +47,8 @@ class ScoringConfig(Strict):
     seed: int = 0
     workers: int = 1
     chunk_size: int = 1024
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = None
 
     @field_validator("model", "data", mode="before")
     @classmethod
@@ -59,6 +63,15 @@ class ScoringConfig(Strict):
         if value is not None and value < minimum:
             raise ValueError(f"{info.field_name} must be at least {minimum}, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _engine_known(self) -> "ScoringConfig":
+        self.engine_choice()  # a UserError (--address without ray, Ray missing) passes through pydantic as it is
+        return self
+
+    def engine_choice(self) -> EngineChoice:
+        """Where the units run: this machine, or Ray (``address``: a cluster; None: a local instance)."""
+        return EngineChoice(self.engine, self.address)
 
     def bootstrap_or(self, default: int) -> int:
         """The resamples to draw: the configured number, or the command's ``default``."""

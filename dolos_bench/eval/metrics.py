@@ -71,7 +71,10 @@ import numpy as np
 from dolos_bench.metric_specs import format_threshold, metric_name, metric_names, spec
 
 __all__ = [
+    "AREA_EDGES",
     "MetricState",
+    "area_bin",
+    "area_labels",
     "EMPTY_RULE",
     "auc_ap_from_counts",
     "binary_image_metrics",
@@ -92,9 +95,28 @@ EMPTY_RULE = (
 _FLOAT_COLS = (
     "score", "iou", "f1", "precision", "recall", "mcc", "f1best", "auc", "ap", "fparea",
 )
-_INT_COLS = ("label", "generator", "parts", "perturbation", "source")
-_GROUP_KINDS = ("generator", "parts", "perturbation", "source")
-_FAKE_ONLY_KINDS = ("generator", "parts")
+_INT_COLS = ("label", "generator", "parts", "perturbation", "source", "area")
+_GROUP_KINDS = ("generator", "parts", "perturbation", "source", "area")
+_FAKE_ONLY_KINDS = ("generator", "parts", "area")
+# Area-ratio bins of the fakes (the dataset's ``area_ratio`` column): small < 0.05 <= medium < 0.2 <= large.
+# A face part (an eye, the mouth) covers 1-4% of a 256x256 face crop; the skin or the whole face, 20-50%.
+AREA_EDGES = (0.05, 0.2)
+
+
+def area_labels(edges: Sequence[float] = AREA_EDGES) -> list[str]:
+    """The names of the area bins, edges included, as the breakdowns show them: ``small(<0.05)``, ..."""
+    e = [float(x) for x in edges]
+    if len(e) != 2 or not 0.0 < e[0] < e[1] <= 1.0:
+        raise ValueError(f"area bins need two edges 0 < small < large <= 1, got {edges}")
+    return [f"small(<{e[0]:g})", f"medium({e[0]:g}-{e[1]:g})", f"large(>={e[1]:g})"]
+
+
+def area_bin(area: float | None, edges: Sequence[float] = AREA_EDGES) -> str:
+    """The area bin of one fake's mask share ("" when the dataset does not record it)."""
+    if area is None or (isinstance(area, float) and math.isnan(area)):
+        return ""
+    labels = area_labels(edges)
+    return labels[0] if area < edges[0] else labels[1] if area < edges[1] else labels[2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +251,10 @@ class MetricState:
         *,
         strict: bool = False,
         image_score_rule: str = "max",
+        area_bins: Sequence[float] = AREA_EDGES,
     ) -> None:
+        area_labels(area_bins)  # checks the edges
+        self.area_bins = tuple(float(x) for x in area_bins)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         if not 2 <= bins <= 2**24:
@@ -266,6 +291,7 @@ class MetricState:
             "exact": self.exact,
             "strict": self.strict,
             "image_score_rule": self.image_score_rule,
+            "area_bins": list(self.area_bins),
         }
 
     def __len__(self) -> int:
@@ -292,8 +318,13 @@ class MetricState:
         parts: Iterable[str] = (),
         perturbation: str = "none",
         source: str = "",
+        area: float | None = None,
     ) -> dict[str, Any]:
         """Add one sample; return its per-sample record (for the per-sample JSONL).
+
+        ``area`` is a fake's ``area_ratio`` (its mask's forged share, from the dataset); it puts
+        the fake in an area bin (:data:`AREA_EDGES`). Reals, and fakes of datasets made before
+        the column existed, are in no area bin.
 
         ``mask`` is bool or integer, nonzero = forged, and must have the map's shape (the runner
         resizes maps to the mask). Real images normally carry an all-zero mask; their pixels
@@ -374,10 +405,13 @@ class MetricState:
         side = "fake" if label == 1 else "real"
         self._pixels[side] += n
         parts_t = tuple(sorted({str(p) for p in parts}))
+        area_t = area_bin(area, self.area_bins) if label == 1 else ""
         pool_keys = [("all", "", side)]
         if label == 1:
             pool_keys.append(("generator", str(generator), side))
             pool_keys += [("parts", p, side) for p in parts_t]
+            if area_t:
+                pool_keys.append(("area", area_t, side))
         pool_keys.append(("perturbation", str(perturbation), side))
         pool_keys.append(("source", str(source), side))
         if self.exact:
@@ -410,6 +444,7 @@ class MetricState:
         self._ints["generator"].append(self._code("generator", str(generator)))
         self._ints["parts"].append(self._code("parts", parts_t))
         self._ints["perturbation"].append(self._code("perturbation", str(perturbation)))
+        self._ints["area"].append(self._code("area", area_t))
         self._ints["source"].append(self._code("source", str(source)))
         self._hash.append(_sample_hash(sample_id))
 
@@ -526,12 +561,12 @@ class MetricState:
             raise ValueError(f"not a metric state of format {FORMAT}: {d.get('format')!r}")
         st = cls(**d["config"])
         for k in _GROUP_KINDS:
-            for v in d["vocab"][k]:
+            for v in d["vocab"].get(k, [""] if k == "area" else []):  # states older than the area bins: none
                 st._code(k, tuple(v) if k == "parts" else v)
         for c in _FLOAT_COLS:
             st._floats[c] = array("d", [math.nan if x is None else float(x) for x in d["floats"][c]])
         for c in _INT_COLS:
-            st._ints[c] = array("i", [int(x) for x in d["ints"][c]])
+            st._ints[c] = array("i", [int(x) for x in d["ints"].get(c, [0] * len(d["hash"]))])
         st._hash = array("Q", [int(h) for h in d["hash"]])
         st._conf = {k: int(v) for k, v in d["confusion"].items()}
         st._pixels = {k: int(v) for k, v in d["pixels"].items()}
@@ -674,6 +709,8 @@ class MetricState:
             else:
                 values = sorted(set(vocab))
             for value in values:
+                if kind == "area" and not value:
+                    continue  # reals, and fakes whose dataset has no area_ratio
                 if kind == "parts":
                     member_codes = [i for i, combo in enumerate(vocab) if value in combo]
                 else:
@@ -735,6 +772,13 @@ class MetricState:
                                "(lowest threshold whose FPR <= 5%), no interpolation",
             "generator_part_groups": "fakes of the group; image-level and pixel/.../all metrics "
                                      "compare them against ALL real images",
+            "area_bins": {
+                "edges": list(self.area_bins),
+                "labels": area_labels(self.area_bins),
+                "rule": (f"fakes by the dataset's area_ratio (forged share of the mask): small < {self.area_bins[0]:g}"
+                         f" <= medium < {self.area_bins[1]:g} <= large; like generator groups, compared against"
+                         " ALL real images; fakes without area_ratio (datasets made before it) are in no bin"),
+            },
             "bootstrap": {
                 "resamples": bootstrap,
                 "seed": seed,

@@ -245,6 +245,7 @@ def score_split(
                 score_map, masks[k], int(batch["label"][k]), score, sample_id=sample_id,
                 generator=batch["generator"][k], parts=batch["parts"][k],
                 perturbation=_describe_perturbation(batch["perturbations"][k]), source=batch["source"][k],
+                area=batch["area_ratio"][k] if "area_ratio" in batch else None,  # older datasets lack it
             )
             if on_record is not None:
                 on_record(record)
@@ -334,10 +335,18 @@ def worker_devices(device: str) -> tuple[str, ...]:
 
 
 def _pool(inline: ScoringWorker, workers: int) -> AbstractContextManager[Pool]:
-    """``inline`` itself for one worker; else a pool of ``workers`` processes, one device each."""
-    if workers <= 1:
+    """``inline`` itself for one local worker; else a pool of ``workers`` processes (or Ray actors
+    with ``--engine ray``, even for one), one device each."""
+    config = inline.spec.config
+    choice = config.engine_choice()
+    if workers < 1 or (workers == 1 and not choice.is_ray):
         return nullcontext(InlinePool(inline))
-    plan = WorkerPlan(ScoringWorker, inline.spec, workers=workers, devices=worker_devices(inline.spec.config.device))
+    if choice.is_ray:  # Ray gives each GPU actor its own GPU, seen there as cuda:0
+        gpus = 1.0 if resolve_device(config.device).startswith("cuda") else 0.0
+        plan = WorkerPlan(ScoringWorker, inline.spec, workers=workers, devices=(config.device,))
+        shared = [inline.spec.checkpoint_folder] if inline.spec.checkpoint_folder else []
+        return choice.engine(workers, num_gpus=gpus, shared=shared, name="scoring").start(plan)
+    plan = WorkerPlan(ScoringWorker, inline.spec, workers=workers, devices=worker_devices(config.device))
     return engine_for(workers, preload=[__name__]).start(plan)
 
 

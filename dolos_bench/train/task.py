@@ -86,6 +86,19 @@ class TrainTask(ABC):
         """What the optimiser updates (parameter groups allowed); a second stage may freeze a part."""
         return model.parameters()
 
+    def load_pretrained(self, model: "torch.nn.Module", source: str | None) -> str:
+        """Optional hook: put pretrained backbone weights into a fresh ``model``; return a one-line note.
+
+        Called by the trainer after :meth:`build_model` when the recipe (or ``--pretrained``) asks
+        for pretrained weights: ``source`` is ``None`` for the library's own weights (timm's, where
+        they can be reached) or the path of a local file. A task whose weights cannot be had says
+        so in the note and leaves the model as built (training then starts from scratch), rather
+        than failing: the note goes to the console and the run's ``config.json``.
+        :func:`dolos_bench.train.pretrained.load_timm_weights` does this for timm backbones.
+        The default: this task has no pretrained weights.
+        """
+        return f"{self.name} has no pretrained weights; training starts from scratch"
+
     def identity(self) -> dict[str, Any]:
         """What the run's ``config.json`` records about the task."""
         return {"name": self.name, "supervision": self.supervision, "config": self.config.model_dump(mode="json")}

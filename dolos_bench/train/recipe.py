@@ -1,0 +1,173 @@
+"""Training recipes: YAML in, a validated :class:`TrainRecipe` out, with ``--set`` overrides on top.
+
+A recipe says everything that decides a run's weights except the data and the code: supervision,
+the task's own ``model:`` section (validated by the task's ``Config``), input pipeline, optimiser,
+schedule length, validation metric, precision and seed. Its canonical JSON is hashed into the run
+folder, so an interrupted run is resumed only by the recipe that started it.
+
+Validation works like a build recipe's (:mod:`dolos_bench.config`): every problem at once, by its
+YAML path, unknown keys with a did-you-mean, and problems caused by a ``--set`` say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from ..config import ConfigError, Strict, apply_collecting, attribute_overrides, read_yaml, validate_collecting
+from ..metric_specs import spec_for
+
+__all__ = ["TrainRecipe", "TrainRecipeError", "load_train_recipe", "validate_train_recipe", "LOSS_METRIC"]
+
+LOSS_METRIC = "loss"
+"""The validation metric that is the task's own loss on the validation split (lower is better)."""
+
+
+class TrainRecipeError(ConfigError):
+    """A training recipe with problems; ``problems`` holds ``(path, message)`` pairs, all of them."""
+
+    def __init__(self, problems: list[tuple[str, str]], origin: str = "train recipe") -> None:
+        super().__init__(problems, origin)
+
+
+class DataSection(Strict):
+    """Which rows train and validate, and how an image becomes the network's input."""
+
+    train_split: str = "train"
+    validation_split: str | None = Field(
+        "validation", description="None: no validation; the final weights are the run's weights")
+    include: Literal["all", "fakes", "reals"] = Field(
+        "all", description="training rows: all, or fakes only (Dolos setup C trains on fakes alone)")
+    validation_include: Literal["all", "fakes", "reals"] = "all"
+    resize: Literal["bilinear", "bicubic", "lanczos", "nearest"] = Field(
+        "bilinear", description="PIL filter to the input size; bilinear is what `bench eval` feeds the model")
+    hflip: float = Field(0.0, ge=0.0, le=1.0, description="probability of a horizontal flip (image and mask)")
+    limit: int | None = Field(None, ge=1, description="use only the first N training rows (after include)")
+    validation_limit: int | None = Field(None, ge=1)
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (order does not depend on it)")
+
+
+class OptimSection(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ValidationSection(Strict):
+    metric: str = Field(LOSS_METRIC, description="'loss' or a metric name of `bench eval` (its direction is known)")
+    every: int | None = Field(None, ge=1, description="steps between validations; default: once per epoch")
+    batch_size: int = Field(16, ge=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric != LOSS_METRIC and spec_for(metric) is None:
+            raise ValueError(
+                f"unknown validation metric {metric!r}: use 'loss' or a metric name of bench eval,"
+                " e.g. pixel/iou@0.5/mean-of-images/fakes or image/ap/all")
+        return metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        if self.metric == LOSS_METRIC:
+            return False
+        found = spec_for(self.metric)
+        return bool(found and found.higher_is_better)
+
+
+class TrainRecipe(Strict):
+    """One training run's recipe; ``model`` is checked separately against the task's ``Config``."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    supervision: Literal["weak", "full"]
+    model: dict[str, Any] = Field(default_factory=dict, description="the task's own hyperparameters")
+    input_size: int | None = Field(None, ge=16, le=4096, description="None: the task's own (299 for Xception)")
+    pretrained: bool | str = Field(
+        False, description="true: the library's pretrained backbone (timm) when reachable; a path: a local file")
+    batch_size: int = Field(16, ge=1, description="global batch (split evenly over processes)")
+    epochs: int = Field(1, ge=1)
+    iterations_per_epoch: int = Field(500, ge=1, description="an epoch is a fixed number of steps, as in Dolos")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs, smoke tests)")
+    optim: OptimSection = Field(default_factory=OptimSection)
+    data: DataSection = Field(default_factory=DataSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between resume checkpoints; default: each epoch")
+    precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, full precision on CPU")
+    log_every: int = Field(10, ge=1)
+
+    @property
+    def total_steps(self) -> int:
+        steps = self.epochs * self.iterations_per_epoch
+        return min(steps, self.max_steps) if self.max_steps is not None else steps
+
+    @property
+    def validate_every(self) -> int:
+        return self.validation.every or self.iterations_per_epoch
+
+    @property
+    def save_every(self) -> int:
+        return self.checkpoint_every or self.iterations_per_epoch
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _task_problems(task_cls: Any, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ``model:`` section against the task's ``Config``, and the supervision it supports."""
+    problems: list[tuple[str, str]] = []
+    if task_cls is None:
+        return problems
+    supervision = data.get("supervision")
+    if isinstance(supervision, str) and supervision not in task_cls.supervisions:
+        problems.append(("supervision", f"{task_cls.name} supports {', '.join(task_cls.supervisions)}, not {supervision!r}"))
+    section = data.get("model", {})
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        return problems + [("model", "must be a mapping of the model's parameters")]
+    _, found = validate_collecting(task_cls.Config, section)
+    problems += [(f"model.{path}" if path else "model", message) for path, message in found]
+    return problems
+
+
+def validate_train_recipe(data: Any, origin: str = "train recipe", task_cls: Any = None) -> TrainRecipe:
+    """Validate a recipe mapping (and its ``model:`` section when ``task_cls`` is given); raise all problems."""
+    if not isinstance(data, dict):
+        raise TrainRecipeError([("", "a training recipe must be a YAML mapping")], origin)
+    recipe, problems = validate_collecting(TrainRecipe, data)
+    problems += _task_problems(task_cls, data)
+    if problems:
+        raise TrainRecipeError(problems, origin)
+    assert recipe is not None
+    return recipe
+
+
+def load_train_recipe(path: str | Path, overrides: list[str] | None = None, task_cls: Any = None) -> TrainRecipe:
+    """Read a YAML training recipe, apply ``--set`` overrides, validate (with the task's ``Config``)."""
+    path = Path(path)
+    data = read_yaml(path, error=TrainRecipeError, what="training recipe")
+    applied, problems = apply_collecting(data, list(overrides or []))
+    try:
+        recipe = validate_train_recipe(data, str(path), task_cls)
+    except TrainRecipeError as exc:
+        problems += attribute_overrides(exc.problems, applied)
+    if problems:
+        raise TrainRecipeError(problems, str(path))
+    return recipe
+
+
+def task_config(task_cls: Any, recipe: TrainRecipe) -> BaseModel:
+    """The task's validated ``Config`` from the recipe's ``model:`` section."""
+    return task_cls.Config.model_validate(recipe.model)
