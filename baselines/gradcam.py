@@ -12,8 +12,8 @@ et al., ICCV 2017, through the ``grad-cam`` package (pytorch-grad-cam) that the 
   image's map reaches about 1 somewhere -- even a real image's: at threshold 0.5 Grad-CAM always
   marks a region. ``cam_scale: minmax-times-score`` (ours, not the paper's) multiplies the map by
   the image's fake probability so that confident reals score low everywhere.
-  Image score: the softmax fake probability (the paper used the fake logit; ranks are equal
-  for a 2-way head only up to the real logit, and scores must lie in [0, 1]).
+  Image score: the softmax fake probability (scores must lie in [0, 1]; the paper ranked by the
+  fake logit alone, a 2-way softmax ranks by the logit difference).
 * **full** (setup C, masks): the Xception up to block 11 and torchvision's ``FCNHead(728, 2)``,
   trained with per-cell cross-entropy against the mask nearest-downsampled to the head's grid
   (19x19 at 299). Map: softmax fake probability per cell; image score: the map's mean.

@@ -38,7 +38,7 @@ def test_ls_lists_every_kind():
     only = CliRunner().invoke(main, ["ls", "maskers"])
     # entry lines start in column 0; the parameter lines under each entry are indented
     entries = [line for line in only.output.splitlines() if not line.startswith(" ")]
-    assert {line.split()[1] for line in entries} == {"strokes", "boxes", "landmarks"}
+    assert {line.split()[1] for line in entries} == {"strokes", "boxes", "landmarks", "face-parser", "celebamask-hq"}
 
 
 def test_validate_ok_and_bad(tmp_path, built):

@@ -7,7 +7,6 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -18,7 +17,7 @@ from dolos_bench.builder.plan import PlanError, build_sources, listing_checker, 
 from dolos_bench.builder.recipe import RecipeError, load_recipe, validate_recipe_data
 from dolos_bench.cli import main
 
-from helpers import make_image_folder, textured_image
+from helpers import folder_hashes, make_image_folder, textured_image
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "build"
@@ -157,6 +156,12 @@ def test_no_source_in_two_splits_and_groups_share_sources_and_masks(exact_build)
     assert max(Counter(r["source_id"] for r in rows if r["generator"] == "many").values()) <= 2
 
 
+def test_an_exact_build_does_not_depend_on_the_worker_count(exact_build, tmp_path):
+    out, info = exact_build
+    run_build(validate_recipe_data(info["data"]), tmp_path / "w2", workers=2)
+    assert folder_hashes(tmp_path / "w2") == folder_hashes(out)
+
+
 def test_too_few_sources_is_one_clear_error(tmp_path):
     folder = make_image_folder(tmp_path / "few", n=5, size=(40, 40))
     recipe = validate_recipe_data(_recipe(folder))
@@ -191,10 +196,11 @@ def test_the_dolos_celebahq_dry_run_equals_the_paper(tmp_path, monkeypatch):
         "repaint-p2-9k": C(9000, 900, 900),
         "repaint-ldm": C(9000, 900, 900),
         "lama": C(9000, 900, 900),
+        "pluralistic": C(9000, 900, 900),
         "p2": {"train": 9000, "validation": 1000},
     }
     assert plan["sources"]["listed"] == 30_000 and sum(plan["sources"]["used"].values()) == 10_800
-    assert {w["stage"].split()[0] for w in plan["weights"]} == {f"generators[{i}]" for i in range(5)}
+    assert {w["stage"].split()[0] for w in plan["weights"]} == {f"generators[{i}]" for i in range(6)}
     for w in plan["weights"]:
         assert set(w) >= {"stage", "param", "value", "present", "where", "catalogue", "problem"}
         assert w["present"] is False and w["problem"]

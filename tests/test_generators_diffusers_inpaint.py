@@ -129,7 +129,10 @@ def test_a_text_to_image_pipeline_becomes_its_inpainting_twin(model: Path, tmp_p
 
 
 def test_missing_or_wrong_models_are_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    from huggingface_hub import constants
+
+    (tmp_path / "hf").mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # read once, at import: patch the constant
     with pytest.raises(WeightsError, match=r"generator diffusers-inpaint: the Hub model stabilityai/stable-diffusion-2-"
                                            r"inpainting is not in the local Hugging Face cache; run `bench weights fetch sd2-inpainting`"):
         DiffusersInpaintGenerator(model="sd2-inpainting").setup("cpu")

@@ -148,3 +148,25 @@ def test_bench_build_without_the_weights_fails_before_any_sample(tmp_path: Path,
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "is not a TorchScript model" in result.output
     assert not any((tmp_path / "ds2").rglob("*.parquet"))
+
+
+def test_a_sample_the_model_fails_on_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    """A model that returns NaN for bright images: that sample is skipped, its batch-mate is made."""
+
+    class NanOnBright(torch.nn.Module):
+        def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            bright = image.mean(dim=(1, 2, 3), keepdim=True) > 0.5
+            return torch.where(bright, torch.full_like(image, float("nan")), image * (1 - mask) + 0.5 * mask)
+
+    path = tmp_path / "nan.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(NanOnBright()), str(path))
+    generator = LamaGenerator(weights=str(path))
+    generator.setup("cpu")
+    from dolos_bench.builder.stages import InpaintBatch, inpaint
+
+    dark, bright = np.full((16, 16, 3), 40, np.uint8), np.full((16, 16, 3), 220, np.uint8)
+    mask = _mask(16, 16, (2, 2, 8, 8))
+    out = inpaint(generator, 0, InpaintBatch(["dark", "bright"], [dark, bright], [mask, mask]))
+    assert isinstance(out[0], np.ndarray) and out[1] == "lama: the model returned NaN or inf pixels"

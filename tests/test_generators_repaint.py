@@ -130,3 +130,31 @@ def test_build_then_eval_same_bytes_for_any_batch_and_placement(tmp_path: Path, 
     from dolos_bench.results import load_results
 
     assert load_results(results).complete
+
+
+def test_pipeline_options_are_checked_and_leave_the_recipe_hash_alone(tmp_path: Path, models) -> None:
+    from dolos_bench.builder.recipe import RecipeError, load_recipe
+
+    plain = load_recipe(_recipe(tmp_path / "a", models[6]))
+    placed = load_recipe(_recipe(tmp_path / "b", models[6], batch_size=4, device="cuda"))
+    assert placed.generators[0].batch_size == 4 and placed.generators[0].device == "cuda"
+    assert "batch_size" not in plain.canonical_json() and "device" not in plain.canonical_json()
+    assert placed.generators[0].params == plain.generators[0].params  # options are not generator parameters
+    with pytest.raises(RecipeError, match="batch_size"):
+        load_recipe(_recipe(tmp_path / "c", models[6], batch_size=0))
+
+
+def test_device_places_learned_generators_in_their_own_pool(tmp_path: Path, models) -> None:
+    from dolos_bench.builder.pipeline import _apart
+    from dolos_bench.builder.recipe import load_recipe
+    from dolos_bench.builder.stages import batch_size
+
+    path = _recipe(tmp_path, models[6])
+    data = yaml.safe_load(path.read_text())
+    data["generators"] = [{"type": "telea"}, data["generators"][0], {**data["generators"][0], "name": "b", "device": "cuda:1",
+                                                                   "batch_size": 2}]
+    path.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(path)
+    assert _apart(recipe, None, None, ray=False) == {2: ("cuda:1",)}  # only the entry that asks
+    assert _apart(recipe, None, "cuda", ray=False) == {1: ("cuda",), 2: ("cuda:1",)}  # OpenCV stays on the CPU workers
+    assert [batch_size(recipe, g) for g in range(3)] == [None, 8, 2]  # telea: a shard at once; repaint: its default

@@ -53,6 +53,10 @@ def test_change_ssim_equals_scikit_image_inside_the_mask(seed):
     reference = full.mean(axis=-1)[mask > 0].mean()
     assert change_ssim(image, changed, mask) == pytest.approx(reference, abs=1e-10)
     assert change_ssim(image, image, mask) == pytest.approx(1.0)
+    corner = np.zeros_like(mask)  # touches two borders: the cropped computation must still be exact
+    corner[:20, 44:] = 255
+    corner[60:, :3] = 255
+    assert change_ssim(image, changed, corner) == pytest.approx(full.mean(axis=-1)[corner > 0].mean(), abs=1e-10)
     assert change_ssim(image, changed, np.zeros_like(mask)) is None
 
 

@@ -235,10 +235,15 @@ def test_face_parser_errors_are_one_clear_line(bisenet_weights: Path, tmp_path: 
     import torch
     from dolos_bench.builder.masks.face_parser import FaceParserMasker
 
-    with pytest.raises(ValueError, match=r"parsing_bisenet.pth not found: download https://github.com/xinntao"):
-        FaceParserMasker(weights=str(tmp_path))
+    from dolos_bench.builder.recipe import StageSpec
+    from dolos_bench.weights import WeightsError, check_stage_weights
+
+    with pytest.raises(WeightsError, match=r"parsing_bisenet.pth not found: download https://github.com/xinntao"):
+        FaceParserMasker(weights=str(tmp_path)).setup("cpu")
+    with pytest.raises(WeightsError, match=r"maskers\[0\] face-parser: weights 'nowhere.pth' is no existing file"):
+        check_stage_weights({"maskers": [StageSpec(type="face-parser", weights="nowhere.pth")]})
     wrong = tmp_path / "parsing_parsenet.pth"
     torch.save({"conv.weight": torch.zeros(1)}, wrong)
     masker = FaceParserMasker(weights=str(wrong), model="bisenet")
-    with pytest.raises(ValueError, match="is not a bisenet parsing checkpoint"):
+    with pytest.raises(WeightsError, match="is not a bisenet parsing checkpoint"):
         masker.setup("cpu")

@@ -214,8 +214,18 @@ def test_resolver_finds_big_lama_where_lama_cleaner_put_it(env: SimpleNamespace,
         resolve_weights("big-lama", stage="generator lama", expect="file")
 
 
+def _hub_cache(env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache for this test (huggingface_hub reads HF_HUB_CACHE once, at import)."""
+    from huggingface_hub import constants
+
+    folder = env.tmp / "hf"
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(folder))
+    return folder
+
+
 def test_hub_ids_resolve_from_the_local_cache_only(env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(env.tmp / "hf"))
+    _hub_cache(env, monkeypatch)
     with pytest.raises(WeightsError, match=r"the Hub model stabilityai/stable-diffusion-2-inpainting is not in the local "
                                            r"Hugging Face cache; run `bench weights fetch sd2-inpainting`"):
         resolve_weights("sd2-inpainting", stage="generator diffusers-inpaint", expect="folder")
@@ -243,3 +253,22 @@ def test_the_build_check_names_every_missing_weight(env: SimpleNamespace) -> Non
 def test_a_missing_relative_file_is_not_taken_for_a_hub_id(env: SimpleNamespace) -> None:
     with pytest.raises(WeightsError, match=r"weights 'models/big-lama\.pt' is no existing file or folder"):
         resolve_weights("models/big-lama.pt", stage="generator lama", expect="file")
+
+
+def test_a_hub_snapshot_in_the_local_cache_resolves_and_ls_shows_it(env: SimpleNamespace,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    hf = _hub_cache(env, monkeypatch)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf / "models--stabilityai--stable-diffusion-2-inpainting"  # the cache layout huggingface_hub writes
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    found = resolve_weights("sd2-inpainting", stage="generator diffusers-inpaint", expect="folder")
+    assert found.origin == "hub-cache" and found.path == snapshot and found.revision == commit
+    assert resolve_weights("stabilityai/stable-diffusion-2-inpainting", stage="g", expect="folder").path == snapshot
+    with pytest.raises(WeightsError, match="is a Hub repository; this stage takes a file"):
+        resolve_weights("sd2-inpainting", stage="generator lama", expect="file")
+    listing = CliRunner().invoke(main, ["weights", "ls"]).output
+    assert f"sd2-inpainting  [hub] present (Hub cache, commit {commit[:12]}" in listing

@@ -46,7 +46,7 @@ def tiny_ldm(folder: Path) -> Path:
 
 def repaint_params(folder: Path) -> dict[str, Any]:
     """A learned-variance UNet (the ADM/P2 case) and a few steps with one resampling jump."""
-    return {"model": str(tiny_unet(folder / "unet6", out_channels=6)), "steps": 6, "jump_length": 2,
+    return {"model": str(tiny_unet(folder / "unet6", out_channels=6)), "steps": 4, "jump_length": 2,
             "jump_n_sample": 2}
 
 

@@ -64,18 +64,19 @@ class HRNetFeatures(nn.Module):
         self.channels: list[int] = list(cfg["stage4"]["num_channels"][: len(indices)])
         self.scales = scales
         if drop_path > 0:
-            _add_drop_path(self.net.stages, float(drop_path))
+            _add_drop_path(self.net, float(drop_path))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.net(x)
 
 
-def _add_drop_path(stages: nn.Module, rate: float) -> None:
-    """A DropPath in every residual block of ``stages``, rates linear in depth from 0 to ``rate``."""
+def _add_drop_path(net: nn.Module, rate: float) -> None:
+    """A DropPath in every residual block of HRNet's stages 2-4, rates linear in depth from 0 to ``rate``."""
     from timm.layers import DropPath
     from timm.models.resnet import BasicBlock, Bottleneck
 
-    blocks = [m for m in stages.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    blocks = [m for name, m in net.named_modules()
+              if name.startswith("stage") and isinstance(m, (BasicBlock, Bottleneck))]
     for i, block in enumerate(blocks):
         block.drop_path = DropPath(rate * i / max(1, len(blocks) - 1))
 

@@ -32,7 +32,7 @@ from .plan import (CheckJob, Checker, FileAccount, ItemCheck, Plan, PlannedSampl
                    samples_per_item)
 from .recipe import Recipe
 from .stages import (CheckBlock, CpuStages, FinishJob, InpaintBatch, InpaintSetup, InpaintStage, ShardDone,
-                     ShardJob, StageSetup, batch_size, fill, inpaint_batches)
+                     ShardJob, StageSetup, batch_size, fill, inpaint_batches, makes_whole_images)
 
 __all__ = ["BuildInterrupted", "BuildReport", "build_sources", "make_plan", "run_build"]
 
@@ -149,14 +149,42 @@ def _made(recipe: Recipe, cpu: Pool, inpainters: dict[int, Pool], jobs: list[Sha
         yield from made
         return
 
+    # Each generator's pool gets one stream of batches over all shards, so that it works on the
+    # next shards while a shard's last batches finish: one shard has fewer batches than a
+    # cluster has GPUs. The pools' windows bound how far ahead the streams read.
+    source = zip(jobs, made)
+    shards: list[tuple[ShardJob, list, dict[int, list]]] = []
+
+    def shard(k: int) -> tuple[ShardJob, list, dict[int, list]] | None:
+        """Shard ``k`` with its batches per generator, prepared once for every stream; None past the end."""
+        while len(shards) <= k:
+            got = next(source, None)
+            if got is None:
+                return None
+            job, prepared = got
+            shards.append((job, prepared, {g: inpaint_batches(recipe, g, prepared, batch_size(recipe, g))
+                                           for g in inpainters}))
+        return shards[k]
+
+    def stream(index: int) -> Iterator[InpaintBatch]:
+        k = 0
+        while (entry := shard(k)) is not None:
+            yield from (batch for _, batch in entry[2][index])
+            k += 1
+
+    results = {g: pool.map(stream(g), describe=InpaintBatch.describe) for g, pool in inpainters.items()}
+
     def inpainted() -> Iterator[FinishJob]:
-        for job, prepared in zip(jobs, made):
-            for index, pool in inpainters.items():
-                pairs = inpaint_batches(recipe, index, prepared, batch_size(recipe, index))
-                results = pool.map([batch for _, batch in pairs], describe=InpaintBatch.describe)
-                for (group, _), result in zip(pairs, results):
-                    fill(recipe, index, group, result)
+        k = 0
+        while (entry := shard(k)) is not None:
+            job, prepared, pairs = entry
+            for index in inpainters:
+                for group, _ in pairs[index]:
+                    fill(recipe, index, group, next(results[index]))
+            shards[k] = (job, [], {g: [] for g in inpainters})  # its pixels go with the finish job; a
+            # stream that has not passed it yet has no batch of it left to send
             yield FinishJob(job.name, job.split, prepared, job.schema, job.part)
+            k += 1
 
     yield from cpu.map(inpainted(), describe=FinishJob.describe)
 
@@ -236,10 +264,11 @@ def run_build(
 
     check_stage_weights({"maskers": recipe.maskers, "generators": recipe.generators})  # one line, before any worker
     tally = _Tally()
-    apart = _apart(recipe, inpaint_devices, device, ray=engine.is_ray and _wants_gpus(recipe))
+    apart = _apart(recipe, inpaint_devices, device, ray=engine.is_ray)
     remote = bool(apart)
     local = tuple(g for g in range(len(recipe.generators)) if g not in apart)
-    setup = StageSetup(recipe.model_dump_json(), os.path.abspath(out), local, KEEP_BYTES // max(1, workers))
+    whole = tuple(g for g in range(len(recipe.generators)) if makes_whole_images(recipe, g))
+    setup = StageSetup(recipe.model_dump_json(), os.path.abspath(out), local, KEEP_BYTES // max(1, workers), whole)
     try:
         with ExitStack() as stack:
             cpu_engine = engine.engine(workers, preload=PRELOAD, parent_works=True,  # CPU work: the parent too
@@ -253,7 +282,7 @@ def run_build(
                     return {g: stack.enter_context(engine.engine(
                                 actors, num_cpus=cores, num_gpus=gpus, name=f"generator-{recipe.generators[g].label}"
                             ).start(WorkerPlan(InpaintStage, InpaintSetup(setup.recipe_json, g), actors)))
-                            for g, (actors, cores, gpus) in _ray_inpainters(recipe).items()}
+                            for g, (actors, cores, gpus) in _ray_inpainters(recipe, apart, inpaint_workers).items()}
                 local_engine = engine_for(inpaint_workers, preload=PRELOAD)
                 return {g: stack.enter_context(local_engine.start(WorkerPlan(
                             InpaintStage, InpaintSetup(setup.recipe_json, g), inpaint_workers, devices)))
@@ -269,14 +298,12 @@ def _apart(recipe: Recipe, inpaint_devices: Sequence[str] | None, device: str | 
            ray: bool) -> dict[int, tuple[str, ...]]:
     """The generators that run in their own pool, each with its workers' devices (round-robin).
 
-    All of them with ``inpaint_devices`` (or on Ray with GPUs asked for, placed by
-    :func:`_ray_inpainters`); otherwise those whose recipe entry names a ``device``, and, with
-    ``device``, every generator that runs on torch (the OpenCV ones gain nothing from a pool
-    of their own and stay inside the CPU workers).
+    All of them with ``inpaint_devices``; otherwise those whose recipe entry names a ``device``,
+    and, with ``device``, every generator that runs on torch (the OpenCV ones gain nothing from a
+    pool of their own and stay inside the CPU workers); on Ray also those that ask for
+    ``num_gpus`` (placed by :func:`_ray_inpainters`).
     """
     count = len(recipe.generators)
-    if ray:
-        return {g: () for g in range(count)}
     if inpaint_devices is not None:
         return {g: tuple(inpaint_devices) or ("cpu",) for g in range(count)}
     apart = {}
@@ -285,11 +312,9 @@ def _apart(recipe: Recipe, inpaint_devices: Sequence[str] | None, device: str | 
         where = spec.device or (device if learned else None)
         if where:
             apart[g] = (where,)
+        elif ray and (spec.num_gpus or 0) > 0:
+            apart[g] = ("cuda",)
     return apart
-
-
-def _wants_gpus(recipe: Recipe) -> bool:
-    return any((g.num_gpus or 0) > 0 for g in recipe.generators)
 
 
 def _cpu_stage_cores(recipe: Recipe, local: Sequence[int]) -> float:
@@ -297,25 +322,29 @@ def _cpu_stage_cores(recipe: Recipe, local: Sequence[int]) -> float:
     return max([1.0, *((recipe.generators[g].num_cpus or 0) for g in local)])
 
 
-def _ray_inpainters(recipe: Recipe) -> dict[int, tuple[int, float, float]]:
-    """``(actors, num_cpus, num_gpus)`` of each generator's own pool on Ray, when one asks for GPUs.
+def _ray_inpainters(recipe: Recipe, apart: dict[int, tuple[str, ...]], cpu_actors: int) -> dict[int, tuple[int, float, float]]:
+    """``(actors, num_cpus, num_gpus)`` of the pool of each generator in ``apart``, on Ray.
 
-    The cluster's GPUs are shared evenly between the generators that ask for them, one actor per
-    ``num_gpus`` of a generator's share (at least one); a generator without ``num_gpus`` then
-    runs apart too, in one actor of ``num_cpus`` cores (1 by default), since a shard's samples
-    are either all inpainted inside the CPU workers or all sent out.
+    A generator's ``num_gpus`` (default: 1 when it runs on CUDA, else 0) is what each of its
+    actors reserves; the cluster's GPUs are shared evenly between the generators that want them,
+    one actor per ``num_gpus`` of a generator's share (at least one), so that every GPU holds a
+    model. A generator apart on the CPU gets ``cpu_actors`` actors of ``num_cpus`` cores (1).
     """
     from ..engine.ray import cluster_resources
 
-    gpu = [g for g, spec in enumerate(recipe.generators) if (spec.num_gpus or 0) > 0]
-    share = cluster_resources().get("GPU", 0.0) / max(1, len(gpu))
+    def gpus_of(g: int) -> float:
+        asked = recipe.generators[g].num_gpus
+        return float(asked) if asked is not None else float(any(d.startswith("cuda") for d in apart[g]))
+
+    wanting = [g for g in apart if gpus_of(g) > 0]
+    share = cluster_resources().get("GPU", 0.0) / max(1, len(wanting))
     pools = {}
-    for g, spec in enumerate(recipe.generators):
-        if g in gpu:
-            gpus = float(spec.num_gpus or 0)
-            pools[g] = (max(1, int(share // gpus)), float(spec.num_cpus or 0), gpus)
+    for g in apart:
+        cores = recipe.generators[g].num_cpus
+        if g in wanting:
+            pools[g] = (max(1, int(share // gpus_of(g))), float(cores or 0), gpus_of(g))
         else:
-            pools[g] = (1, float(1 if spec.num_cpus is None else spec.num_cpus), 0.0)
+            pools[g] = (max(1, cpu_actors), float(1 if cores is None else cores), 0.0)
     return pools
 
 

@@ -54,6 +54,7 @@ class StageSetup:
     out: str  # the dataset folder: workers stage finished shards in its state folder
     local_generators: tuple[int, ...]  # generators these workers run themselves (the others: InpaintStage)
     cache_bytes: int  # preprocessed pixels each worker may keep from planning for the samples
+    whole: tuple[int, ...] = ()  # generators that make whole images (full_synthesis): no masker, all-forged mask
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,7 @@ class CpuStages(Worker):
         self.generators: dict[int, Generator] = {
             g: _build_stage(GENERATORS, recipe.generators[g], device) for g in spec.local_generators}
         self.chains = [parse_chain(c) for c in recipe.perturbations.chains]
-        self.whole = {g for g in range(len(recipe.generators)) if makes_whole_images(recipe, g)}
+        self.whole = set(spec.whole)  # decided by the parent: a worker may not know every generator's class
         self.folder = DatasetFolder(Path(spec.out))
         self.kept: dict[str, np.ndarray] = {}  # item key -> preprocessed pixels, from planning
         self.kept_bytes = 0

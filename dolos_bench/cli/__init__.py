@@ -9,6 +9,7 @@ from __future__ import annotations
 from .commands import BenchGroup, console, eval_summary, fail, main, progress_bar
 from . import weights as _weights  # noqa: E402,F401  (bench weights ls / fetch)
 from . import train as _train  # noqa: E402,F401  (bench train)
+from . import study as _study  # noqa: E402,F401  (bench train-study)
 from . import convert as _convert  # noqa: E402,F401  (bench convert guided-diffusion / compvis-ldm)
 
 __all__ = ["BenchGroup", "console", "eval_summary", "fail", "main", "progress_bar"]

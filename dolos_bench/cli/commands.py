@@ -542,11 +542,14 @@ def stress(config: ScoringConfig, suite: str, out: str, only: str | None, metric
 @click.option("--title", default="dolos-bench leaderboard", show_default=True, help="Title of the page and of leaderboard.md.")
 @click.option("--full-range", is_flag=True,
               help="Draw curves and heatmap colours over the metric's full range [0, 1] instead of fitting them to the data.")
-def leaderboard(results: tuple[str, ...], out: str, title: str, full_range: bool) -> None:
+@click.option("--study", "studies", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A study.json of bench train-study: adds its train x test heat map (repeatable).")
+def leaderboard(results: tuple[str, ...], out: str, title: str, full_range: bool, studies: tuple[str, ...]) -> None:
     """Turn results JSON files into leaderboard.md/.csv/.json and a static index.html."""
     from ..report.leaderboard import build_leaderboard
 
-    build_leaderboard([Path(r) for r in results], Path(out), title=title, full_range=full_range)
+    build_leaderboard([Path(r) for r in results], Path(out), title=title, full_range=full_range,
+                      studies=[Path(s) for s in studies])
     click.echo(f"leaderboard of {len(results)} result file(s) -> {out}/index.html, leaderboard.md, .csv, .json")
 
 

@@ -21,8 +21,9 @@ head count, which a ``UNet2DModel`` config cannot state: see
 equal to the tensor it duplicates, or a schedule buffer checked against the schedule) and every
 target key filled, or :class:`ConversionError` lists the leftovers.
 
-Key layout facts were read from diffusers' ``scripts/convert_ldm_original_checkpoint_to_diffusers.py``
-and ``convert_vq_diffusion``/VAE parts of its ``convert_from_ckpt``; the code is our own.
+The key layout is that of the latent-diffusion repository's modules (the same names diffusers'
+LDM conversion scripts map); ``tests/compvis_reference.py`` re-implements those modules under
+those names, and the tests check that the converted diffusers models compute what they compute.
 
 Architecture (:class:`InpaintArch` defaults) is the released model's ``models/ldm/inpainting_big/
 config.yaml`` of CompVis/latent-diffusion: UNet ``in_channels 7, out_channels 3, model_channels 256,

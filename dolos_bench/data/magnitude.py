@@ -68,27 +68,34 @@ def ssim_map(original: np.ndarray, changed: np.ndarray) -> np.ndarray:
     n = _SSIM_WINDOW**2
     cov_norm = n / (n - 1.0)
     c1, c2 = (_K1 * _RANGE) ** 2, (_K2 * _RANGE) ** 2
-    maps = []
-    for ch in range(x.shape[-1]):
-        a, b = x[..., ch], y[..., ch]
 
-        def mean(v: np.ndarray) -> np.ndarray:
-            return uniform_filter(v, size=_SSIM_WINDOW)
+    def mean(v: np.ndarray) -> np.ndarray:  # per channel: the window spans rows and columns only
+        return uniform_filter(v, size=(_SSIM_WINDOW, _SSIM_WINDOW, 1))
 
-        ua, ub = mean(a), mean(b)
-        va = cov_norm * (mean(a * a) - ua * ua)
-        vb = cov_norm * (mean(b * b) - ub * ub)
-        vab = cov_norm * (mean(a * b) - ua * ub)
-        maps.append(((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2)))
-    return np.mean(maps, axis=0)
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(axis=-1)
 
 
 def change_ssim(original: np.ndarray, changed: np.ndarray, mask: np.ndarray) -> float | None:
-    """Mean SSIM inside the mask (None for an empty mask)."""
+    """Mean SSIM inside the mask (None for an empty mask).
+
+    Only the mask's bounding box, grown by the window's radius, is filtered: a pixel's SSIM
+    depends on its 7x7 neighbourhood alone, and where the box meets the image's border it
+    reflects there as the whole image does, so the values are the whole map's, exactly.
+    """
     forged = _forged(mask)
     if not forged.any():
         return None
-    return float(ssim_map(original, changed)[forged].mean())
+    rows, cols = np.flatnonzero(forged.any(axis=1)), np.flatnonzero(forged.any(axis=0))
+    r = _SSIM_WINDOW // 2
+    y0, y1 = max(rows[0] - r, 0), min(rows[-1] + r + 1, forged.shape[0])
+    x0, x1 = max(cols[0] - r, 0), min(cols[-1] + r + 1, forged.shape[1])
+    box = (slice(y0, y1), slice(x0, x1))
+    return float(ssim_map(np.asarray(original)[box], np.asarray(changed)[box])[forged[box]].mean())
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:

@@ -518,6 +518,61 @@ def _build_curves(entries: Sequence[Entry], site: dict[str, bytes], full_range: 
     return figures
 
 
+STUDY_KIND = "cross-generator-study"
+"""``kind`` of the ``study.json`` that ``bench train-study`` writes (:mod:`dolos_bench.train.study`)."""
+
+
+def load_study(path: str | Path) -> dict[str, Any]:
+    """A cross-generator study summary, checked enough to draw: a clear error for any other file."""
+    path = Path(path)
+    try:
+        study = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path}: not a readable study file ({exc})") from exc
+    if not isinstance(study, dict) or study.get("kind") != STUDY_KIND:
+        raise ResultsError(f"{path} is not a bench train-study summary (kind {STUDY_KIND!r}): pass its study.json")
+    try:
+        names = [str(e["name"]) for e in study["train_sets"]]
+        gens = [str(g) for g in study["generators"]]
+        cells = [study["matrix"][n].get(g) for n in names for g in gens]
+        str(study["metric"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ResultsError(f"{path}: malformed study file (missing {exc})") from exc
+    if any(c is not None and not isinstance(c, (int, float)) for c in cells):
+        raise ResultsError(f"{path}: malformed study file (a matrix cell is not a number)")
+    return study
+
+
+def _build_studies(study_paths: Sequence[str | Path], site: dict[str, bytes], full_range: bool) -> list[dict[str, Any]]:
+    """The train x test heat map of each study, as figures the page shows beside the generator heat maps."""
+    figures = []
+    for path in study_paths:
+        study = load_study(path)
+        label = f"cross-generator: {study.get('name', Path(path).parent.name)}"
+        fig = plots.cross_generator_figure(study, full_range=full_range)
+        figures.append({
+            "metric": label, "study": study.get("name"), "baseline": study.get("baseline"),
+            "study_metric": study["metric"], "generators": list(study["generators"]),
+            "train_sets": [e["name"] for e in study["train_sets"]], "values": study["matrix"],
+            "files": _render_figure(fig, f"cross-generator-{_slug(str(study.get('name', 'study')))}", site),
+        })
+    return figures
+
+
+def study_markdown(studies: Sequence[Mapping[str, Any]], digits: int) -> str:
+    """Each study's matrix as a Markdown table (rows: trained on; columns: tested on)."""
+    parts = []
+    for st in studies:
+        parts.append(f"\n## {st['metric']} ({st['baseline']}, {st['study_metric']})\n")
+        parts.append("| trained on | " + " | ".join(_md_escape(g) for g in st["generators"]) + " |")
+        parts.append("|---|" + "---:|" * len(st["generators"]))
+        for row in st["train_sets"]:
+            values = st["values"].get(row, {})
+            parts.append(f"| {_md_escape(row)} | " + " | ".join(
+                _fmt_float(values.get(g), digits) for g in st["generators"]) + " |")
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
 # -------------------------------------------------------------------------------------- HTML
 
 
@@ -663,6 +718,7 @@ def build_leaderboard(
     higher_is_better: bool | None = None,
     full_range: bool = False,
     digits: int = 3,
+    studies: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Build the site in ``out_dir`` and return the leaderboard payload (+ ``files`` written).
 
@@ -672,7 +728,9 @@ def build_leaderboard(
     metrics drawn by generator (default: the headline ones that results break down by
     generator; the page offers a selector). ``higher_is_better`` defaults to the primary
     metric's direction. Figures fit their axes and colours to the data; ``full_range`` draws
-    them over [0, 1]. Raises :class:`ResultsError` for any unusable file -- incomplete, unknown
+    them over [0, 1]. ``studies`` are ``study.json`` files of ``bench train-study``: each adds its
+    train x test heat map (page, ``plots/cross-generator-*``) and matrix (Markdown, JSON ``studies``).
+    Raises :class:`ResultsError` for any unusable file -- incomplete, unknown
     version, malformed -- and :class:`~dolos_bench.utils.outdir.ForeignFilesError` for a folder
     holding files no leaderboard wrote, before writing anything. An earlier leaderboard in
     ``out_dir`` is replaced (see the module docstring).
@@ -693,6 +751,7 @@ def build_leaderboard(
     heatmaps = _build_heatmaps(eval_entries, heatmap_metrics if heatmap_metrics is not None else headline, site,
                                digits, full_range)
     curves = _build_curves(entries, site, full_range)
+    study_figures = _build_studies(studies, site, full_range)
     stress_summary = _stress_summary_rows(entries)
 
     payload: dict[str, Any] = {
@@ -707,19 +766,24 @@ def build_leaderboard(
         "stress_summary": stress_summary,
         "dolos_bench_version": dolos_bench.__version__,
     }
+    if study_figures:
+        payload["studies"] = [{k: f[k] for k in ("study", "baseline", "study_metric", "generators", "train_sets", "values")}
+                              for f in study_figures]
 
     files = {"markdown": "leaderboard.md", "csv": "leaderboard.csv", "json": "leaderboard.json", "html": "index.html"}
     site[files["markdown"]] = markdown_document(title, ranked, headline, primary_metric, entries,
                                                 higher_is_better=higher_is_better, digits=digits).encode()
+    site[files["markdown"]] += study_markdown(study_figures, digits).encode()
     site[files["csv"]] = csv_text(ranked, headline).encode()
     site[files["json"]] = (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode()
     site[files["html"]] = render_html(
         title=title, primary_metric=primary_metric, higher_is_better=higher_is_better, metrics=headline,
-        ranked=ranked, heatmaps=heatmaps, curves=curves, stress_summary=stress_summary, payload=payload,
+        ranked=ranked, heatmaps=[*heatmaps, *study_figures], curves=curves, stress_summary=stress_summary, payload=payload,
         site=site, full_range=full_range, digits=digits,
     ).encode()
     write_site(out, site, previous)
-    plot_files = {f"{kind}:{fig['metric']}:{fmt}": rel for kind, figs in (("heatmap", heatmaps), ("robustness", curves))
+    plot_files = {f"{kind}:{fig['metric']}:{fmt}": rel for kind, figs in (("heatmap", heatmaps), ("robustness", curves),
+                                                                           ("study", study_figures))
                   for fig in figs for fmt, rel in fig["files"].items()}
     return {**payload, "files": {k: str(out / rel) for k, rel in {**files, **plot_files}.items()}}
 
@@ -739,6 +803,8 @@ __all__ = [
     "markdown_document",
     "csv_text",
     "generator_matrix",
+    "load_study",
+    "study_markdown",
     "render_html",
     "build_leaderboard",
     "claim_folder",

@@ -1,4 +1,5 @@
-"""Figures for the leaderboard and the stress command: the generator heatmap and robustness curves.
+"""Figures for the leaderboard and the stress command: the generator heatmap, robustness curves and
+the cross-generator study's train x test heat map.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: no
 global figure manager, no GUI backend pulled in on a headless machine, nothing left open by a
@@ -332,5 +333,23 @@ def robustness_curves(
     return _save(robustness_figure(curves, **options), Path(out_stem), formats, dpi)
 
 
+def cross_generator_figure(study: Mapping[str, Any], *, full_range: bool = False) -> Figure:
+    """The train x test matrix of a ``bench train-study`` summary (``study.json``): Dolos's Figure 6.
+
+    Rows are the training sets in the study's order (one generator each, then "w/o NAME"
+    unions), columns the test generators; a cell the study could not score is grey.
+    """
+    rows = {entry["name"]: study["matrix"].get(entry["name"], {}) for entry in study["train_sets"]}
+    return heatmap_figure(rows, metric=study["metric"], columns=list(study["generators"]),
+                          title=f"cross-generator study ({study.get('baseline', '?')}): {study['metric']}",
+                          row_label="trained on", col_label="tested on", full_range=full_range)
+
+
+def cross_generator_heatmap(study: Mapping[str, Any], out_stem: str | Path, *, formats: Sequence[str] = FORMATS,
+                            dpi: int = 150, full_range: bool = False) -> dict[str, Path]:
+    """Write :func:`cross_generator_figure` as ``<out_stem>.<fmt>``; return format -> path."""
+    return _save(cross_generator_figure(study, full_range=full_range), Path(out_stem), formats, dpi)
+
+
 __all__ = ["heatmap", "heatmap_figure", "robustness_curves", "robustness_figure", "fit_limits", "colour_limits",
-           "render", "FORMATS", "FULL_RANGE"]
+           "render", "FORMATS", "FULL_RANGE", "cross_generator_figure", "cross_generator_heatmap"]

@@ -78,7 +78,7 @@ class TrainRows:
 
 
 def load_rows(data: str, split_name: str, *, include: str = "all", limit: int | None = None,
-              need_masks: bool = False) -> TrainRows:
+              need_masks: bool = False, generators: Sequence[str] | None = None) -> TrainRows:
     """The rows of ``split_name`` that ``include`` keeps (first ``limit`` of them), read and verified.
 
     ``need_masks`` (full supervision) refuses a dataset without a mask column, and one whose fakes
@@ -99,6 +99,11 @@ def load_rows(data: str, split_name: str, *, include: str = "all", limit: int | 
         keep = keep[labels == 1]
     elif include == "reals":
         keep = keep[labels == 0]
+    if generators is not None:  # fakes of the listed generators only; reals stay
+        if "generator" not in columns:
+            raise TrainDataError(f"{data}: split {split_name!r} has no 'generator' column to select generators by")
+        wanted, made_by = set(generators), split.column("generator")
+        keep = keep[np.asarray([labels[i] == 0 or made_by[i] in wanted for i in keep], dtype=bool)]
     if limit is not None:
         keep = keep[:limit]
     if len(keep) == 0:

@@ -47,6 +47,9 @@ class DataSection(Strict):
         "bilinear", description="PIL filter to the input size; bilinear is what `bench eval` feeds the model")
     hflip: float = Field(0.0, ge=0.0, le=1.0, description="probability of a horizontal flip (image and mask)")
     limit: int | None = Field(None, ge=1, description="use only the first N training rows (after include)")
+    generators: list[str] | None = Field(
+        None, description="only the fakes of these generators (reals are kept), in training and validation:"
+                          " one model per generator, as the cross-generator study trains")
     validation_limit: int | None = Field(None, ge=1)
     workers: int = Field(0, ge=0, description="DataLoader worker processes (order does not depend on it)")
 

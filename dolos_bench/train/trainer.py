@@ -238,10 +238,11 @@ def fit(
     supervision_full = task.supervision == "full"
 
     rows = load_rows(str(data), recipe.data.train_split, include=recipe.data.include,
-                     limit=recipe.data.limit, need_masks=supervision_full)
+                     limit=recipe.data.limit, need_masks=supervision_full, generators=recipe.data.generators)
     val_rows = None
     if recipe.data.validation_split is not None:
         val_rows = load_rows(str(data), recipe.data.validation_split, limit=recipe.data.validation_limit,
+                             generators=recipe.data.generators,
                              need_masks=supervision_full or recipe.validation.metric.startswith("pixel/"))
     elif recipe.validation.metric != LOSS_METRIC or recipe.validation.every:
         note("note: no validation split: the run keeps its last weights")

@@ -6,8 +6,8 @@ lives at ``<cache>/<entry name>/<file name>``; Hub entries stay in the Hugging F
 (``$HF_HOME`` / ``$HF_HUB_CACHE``), shared with every other tool that uses the Hub, so that a
 10 GB pipeline is never stored twice.
 
-Hashing a multi-GB file on every build would cost seconds, so a verified file's size,
-modification time and sha256 are remembered in ``<cache>/verified.json``; a file that changed
+Hashing a multi-GB file on every build would cost seconds, so a cached file's size,
+modification time and digests are remembered in ``<cache>/verified.json``; a file that changed
 since is hashed again.
 """
 
@@ -62,10 +62,15 @@ def _load_stamps() -> dict[str, dict[str, object]]:
 
 
 def file_digests(path: Path) -> tuple[str, str]:
-    """(sha256, md5) of a file, one read; remembered by size and mtime in the cache's stamps."""
+    """(sha256, md5) of a file, one read; remembered by size and mtime in the cache's stamps.
+
+    Only files inside the cache are remembered: stamps of paths elsewhere (temporary folders,
+    a user's own files) would pile up in a folder the user never looks into.
+    """
     stat = path.stat()
     key = str(path.resolve())
-    stamp = _load_stamps().get(key)
+    remember = path.resolve().is_relative_to(cache_dir().resolve())
+    stamp = _load_stamps().get(key) if remember else None
     if isinstance(stamp, dict) and stamp.get("size") == stat.st_size and stamp.get("mtime_ns") == stat.st_mtime_ns:
         return str(stamp["sha256"]), str(stamp["md5"])
     sha, md5 = hashlib.sha256(), hashlib.md5()
@@ -74,6 +79,8 @@ def file_digests(path: Path) -> tuple[str, str]:
             sha.update(block)
             md5.update(block)
     digests = sha.hexdigest(), md5.hexdigest()
+    if not remember:
+        return digests
     stamps = _load_stamps()
     stamps[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digests[0], "md5": digests[1]}
     try:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from dolos_bench.builder.base import Generator
 from dolos_bench.config import Strict
@@ -63,7 +64,7 @@ class DDPMFullGenerator(Generator):
         """latent when the folder has vqvae/ or vae/, else pixel."""
         sampler: Literal["auto", "ddpm", "ddim"] = "auto"
         """auto: DDPM for pixel models, DDIM for latent ones."""
-        steps: Annotated[int, number(integer=True, lo=1)] | None = None
+        steps: int | None = Field(None, ge=1)
         """Sampling steps; default: every training step for DDPM, 200 for DDIM."""
         eta: Annotated[float, number(lo=0, hi=1)] = 0.0
         """DDIM's eta (0 = deterministic given the initial noise)."""

@@ -34,11 +34,12 @@ import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Iterator, Literal
 
 import numpy as np
 
-from dolos_bench.builder.base import Generator
+from dolos_bench.builder.base import Generator, SkipSample
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
 from dolos_bench.weights import resolve_weights
@@ -105,12 +106,12 @@ class DiffusersInpaintGenerator(Generator):
         precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
         """Network dtype: auto = float32 on the CPU; float16 on CUDA (bfloat16 for FLUX)."""
 
-    def __init__(self, model: str, prompt: str = DEFAULT_PROMPT, part_prompts: dict[str, str] | None = None,
+    def __init__(self, model: str, prompt: str = DEFAULT_PROMPT, part_prompts: Mapping[str, str] = DEFAULT_PART_PROMPTS,
                  negative_prompt: str | None = "blurry, deformed, distorted, low quality, painting, cartoon",
                  steps: int = 50, guidance: float | None = None, strength: float = 1.0, paste_back: bool = True,
                  work_size: int | None = None, pad_multiple: int = 64, precision: str = "auto") -> None:
         self.configure(model=model, prompt=prompt,
-                       part_prompts=dict(DEFAULT_PART_PROMPTS) if part_prompts is None else part_prompts,
+                       part_prompts=dict(part_prompts),
                        negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength,
                        paste_back=paste_back, work_size=work_size, pad_multiple=pad_multiple, precision=precision)
         self.preserves_unmasked = self.paste_back  # type: ignore[misc]  # the instance states its own claim
@@ -221,6 +222,9 @@ class DiffusersInpaintGenerator(Generator):
         with self._torch.inference_mode():
             result = self.pipe(**{k: v for k, v in kwargs.items() if k in self.accepts})
         decoded = np.asarray(result.images, dtype=np.float32)
+        if not np.isfinite(decoded).all():  # half precision overflowing: this sample is skipped, the build goes on
+            raise SkipSample(f"{self.name}: the pipeline returned NaN or inf pixels in {self.dtype};"
+                             " try precision: fp32 or bf16")
         outputs = []
         for b in range(len(images)):
             y = (np.clip(decoded[b], 0, 1) * 255.0).round().astype(np.uint8)[:wh, :ww]

@@ -25,10 +25,11 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 
-from dolos_bench.builder.base import Generator
+from dolos_bench.builder.base import Generator, SkipSample
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
 from dolos_bench.weights import resolve_weights
+from dolos_bench.weights.cache import file_digests
 
 __all__ = ["LamaGenerator", "pad_to_multiple"]
 
@@ -89,7 +90,7 @@ class LamaGenerator(Generator):
             raise WeightsError(f"generator {self.name}: {resolved.path} is not a TorchScript model ({reason});"
                                f" expected {WHERE}") from None
         self.model = model.eval()
-        self.sha256 = resolved.check.sha256 if resolved.check is not None else _sha256(resolved.path)
+        self.sha256 = resolved.check.sha256 if resolved.check is not None else file_digests(resolved.path)[0]
         self._device_name = device
 
     def identity(self) -> dict[str, Any]:
@@ -126,12 +127,8 @@ class LamaGenerator(Generator):
         m = torch.from_numpy(binary)[:, None].to(self.device, torch.float32)
         with torch.inference_mode():
             y = self.model(x, m)
+        if not bool(torch.isfinite(y).all()):  # the sample is skipped with the reason, the build goes on
+            raise SkipSample(f"{self.name}: the model returned NaN or inf pixels")
         y = (y.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         cropped = [y[b, : im.shape[0], : im.shape[1]] for b, im in enumerate(images)]
         return paste_back(images, masks, cropped)
-
-
-def _sha256(path: Any) -> str:
-    from dolos_bench.utils.files import sha256_file
-
-    return sha256_file(path)

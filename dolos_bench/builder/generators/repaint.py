@@ -41,6 +41,7 @@ import numpy as np
 
 from dolos_bench.builder.base import Generator
 from dolos_bench.config import Strict
+from dolos_bench.errors import UserError
 from dolos_bench.utils.numbers import number
 
 __all__ = ["RePaintGenerator"]
@@ -58,8 +59,8 @@ class RePaintGenerator(Generator):
     extra: ClassVar[str | None] = "diffusion"
     licence_note: ClassVar[str | None] = (
         "repaint: RePaint sampling (Lugmayr et al., 2022) via diffusers (Apache-2.0); the diffusion model's"
-        " weights carry their own licence (e.g. google/ddpm-ema-celebahq-256: Apache-2.0; P2-weighting"
-        " checkpoints: MIT code, trained on CelebA-HQ/FFHQ, non-commercial research terms of those datasets)")
+        " weights carry their own licence (see its model card or repository) and the terms of the data it was"
+        " trained on (CelebA-HQ and FFHQ: non-commercial research use)")
     weight_params: ClassVar[dict[str, str]] = {"model": "folder"}  # checked before any sample (dolos_bench.weights)
     max_batch: ClassVar[int | None] = None
     default_batch: ClassVar[int | None] = 8  # 256² ADM in fp16: ~8 images per call fit a 16 GB GPU
@@ -245,5 +246,5 @@ def _check_inputs(name: str, images: list[np.ndarray], masks: list[np.ndarray], 
         if mask.shape != image.shape[:2]:
             raise ValueError(f"{name}: mask {mask.shape} does not match the image {image.shape[:2]}")
     if shape[0] % down or shape[1] % down:
-        raise ValueError(f"{name}: image size {shape[1]}x{shape[0]} is not a multiple of {down}, which this"
+        raise UserError(f"{name}: image size {shape[1]}x{shape[0]} is not a multiple of {down}, which this"
                          " UNet needs; set the recipe's resolution to the model's (e.g. 256)")

@@ -74,8 +74,7 @@ class RePaintLDMGenerator(RePaintGenerator):
             return None
         return ("pixels outside the mask are not the source image's: the whole image went through the latent"
                 " diffusion model's autoencoder (encoded, then decoded with the inpainted latent; variant full,"
-                " as in the Dolos data), so they carry its reconstruction error; the mask marks only the"
-                " inpainted region")
+                " as in the Dolos data), so they carry its reconstruction error")
 
     # -- loading ------------------------------------------------------------------------------------
     def setup(self, device: str) -> None:

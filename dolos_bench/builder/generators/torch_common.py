@@ -5,8 +5,9 @@ A learned generator follows one shape (see ``repaint.py``, the first of them)::
 
     class MyGenerator(Generator):
         requires = ("torch", "diffusers"); extra = "diffusion"
+        weight_params = {"model": "folder"}  # the build checks it before any sample
         class Config(Strict):
-            model: str                      # a local folder or a hub id
+            model: str                      # a folder, catalogue name or cached hub id
             precision: Precision = "auto"
         def setup(self, device):            # once per worker, before any sample
             self.device, self.dtype = choose_device(device, self.precision, self.name)
@@ -16,8 +17,9 @@ A learned generator follows one shape (see ``repaint.py``, the first of them)::
         def inpaint_batch(self, images, masks, rngs):
             gens = torch_generators(rngs)   # one torch.Generator per sample, from its numpy rng
             x = per_sample_randn(gens, (3, H, W), self.device)  # noise of sample b from gens[b] only
-            ...                             # the model runs on the whole batch
-            return paste_back(images, masks, tensor_to_images(out))
+            eps = run_network(self.unet, self.dtype, x, t)       # per sample on the CPU, batched on CUDA
+            ...                             # scheduler steps with generator=gens (a list)
+            return paste_back(images, masks, tensor_to_images(x))
 
 Why each piece is here:
 

@@ -83,8 +83,8 @@ class CelebAMaskHQMasker(LabelMapMasker):
                                  "folder, or a folder of <index>.png label maps)")
             return str(Path(root).expanduser())
 
-    def __init__(self, *, root: str, parts: Any = DEFAULT_PARSED_PARTS, dilation: Any = (1, 15),
-                 min_area: float = 0.001, max_area: float = 0.6) -> None:
+    def __init__(self, *, parts: Any = DEFAULT_PARSED_PARTS, dilation: Any = (1, 15), min_area: float = 0.001,
+                 max_area: float = 0.6, root: str) -> None:
         self.configure(root=root, parts=parts, dilation=dilation, min_area=min_area, max_area=max_area)
 
     def identity(self) -> dict[str, Any]:

@@ -8,9 +8,10 @@ outline of the lips, the hair, the ears), which is what Dolos-style inpainting o
 the 19 CelebAMask-HQ classes (see :mod:`.parsing` for how classes become parts).
 
 facexlib's own ``init_parsing_model`` downloads a missing file without asking; here the weights
-come from a local path only (``weights``: the file, or a folder holding it under facexlib's
-name), so a build never reaches for the network and a missing file is one clear error when the
-recipe is validated. The network is built and loaded by :meth:`FaceParserMasker.setup`, once per
+come from a local path or the weights cache only (``weights``: the file, a folder holding it under
+facexlib's name, or the catalogue name ``parsing-bisenet`` / ``parsing-parsenet`` that `bench
+weights fetch` fills), so a build never reaches for the network and a missing file is one clear
+error before any sample is made. The network is built and loaded by :meth:`FaceParserMasker.setup`, once per
 worker process, into a module-level cache (the masker object itself pickles cheaply).
 
 Licence: both networks were trained on CelebAMask-HQ, whose licence allows non-commercial
@@ -26,10 +27,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import model_validator
-
 from dolos_bench.builder.masks.parsing import BISENET_CLASSES, DEFAULT_PARSED_PARTS, PARSENET_CLASSES, LabelMapMasker
 from dolos_bench.utils.files import sha256_file
+from dolos_bench.weights import WeightsError
 
 __all__ = ["FaceParserMasker", "WEIGHT_FILES", "WEIGHT_URLS"]
 
@@ -77,7 +77,7 @@ def _network(model: str, path: str, device: str) -> Any:
                     net.load_state_dict(state, strict=True)
                 except RuntimeError as exc:
                     first = str(exc).splitlines()[0]
-                    raise ValueError(f"face-parser: {path} is not a {model} parsing checkpoint ({first})") from None
+                    raise WeightsError(f"masker face-parser: {path} is not a {model} parsing checkpoint ({first})") from None
                 net = net.eval().to(device)
                 _NETS[key] = net
     return net
@@ -104,30 +104,37 @@ class FaceParserMasker(LabelMapMasker):
     requires: ClassVar[tuple[str, ...]] = ("torch", "facexlib")
     extra: ClassVar[str | None] = "parsing"
     licence_note: ClassVar[str | None] = _LICENCE_NOTE
+    weight_params: ClassVar[dict[str, str]] = {"weights": "any"}  # checked before any sample (dolos_bench.weights)
 
     class Config(LabelMapMasker.Config):
         weights: str
+        """``parsing_bisenet.pth`` / ``parsing_parsenet.pth``, the folder holding it, or a catalogue name
+        (``parsing-bisenet``, ``parsing-parsenet``): found by the build before any sample, not here, so
+        that ``bench build --dry-run`` can list it as missing."""
         model: Literal["bisenet", "parsenet"] = "bisenet"
 
-        @model_validator(mode="after")
-        def _weights_found(self):  # noqa: ANN202 - pydantic reads no annotation here
-            path = weights_file(self.model, self.weights)
-            if not path.is_file():
-                raise ValueError(
-                    f"weights file {path} not found: download {WEIGHT_URLS[self.model]} by hand, or "
-                    f"`bench weights fetch` it, and pass its path (or its folder) as weights"
-                )
-            return self
-
-    def __init__(self, *, weights: str, model: str = "bisenet", parts: Any = DEFAULT_PARSED_PARTS,
-                 dilation: Any = (1, 15), min_area: float = 0.001, max_area: float = 0.6) -> None:
+    def __init__(self, *, parts: Any = DEFAULT_PARSED_PARTS, dilation: Any = (1, 15), min_area: float = 0.001,
+                 max_area: float = 0.6, weights: str, model: str = "bisenet") -> None:
         self.configure(weights=weights, model=model, parts=parts, dilation=dilation, min_area=min_area,
                        max_area=max_area)
         self.device = "cpu"
 
     @property
     def _path(self) -> str:
-        return str(weights_file(self.model, self.weights).resolve())
+        """The weight file, through the one resolver (a path, its folder, or a catalogue name); found once."""
+        if getattr(self, "_file", None) is None:
+            self._file = self._find()
+        return self._file
+
+    def _find(self) -> str:
+        from dolos_bench.weights import resolve_weights
+
+        found = resolve_weights(self.weights, stage=f"masker {self.name}", expect="any").path
+        path = weights_file(self.model, found)
+        if not path.is_file():
+            raise WeightsError(f"masker {self.name}: weights file {path} not found: download {WEIGHT_URLS[self.model]} "
+                               f"by hand or `bench weights fetch parsing-{self.model}`, and pass its path (or folder)")
+        return str(path.resolve())
 
     def setup(self, device: str) -> None:
         """Build the network and load its weights on ``device`` (once per process)."""
