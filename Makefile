@@ -1,11 +1,12 @@
 # Two set-up commands, each self-contained on a fresh machine (Python 3.11, pip):
-#   make quickstart   install into .venv (QUICKSTART_EXTRAS), build the quickstart dataset, eval + stress ela and noise, leaderboard
+#   make quickstart   install into .venv (QUICKSTART_EXTRAS), build the quickstart dataset, train patch-forensics (CPU, ~2 min),
+#                     eval + stress it, ela and noise, leaderboard
 #   make test         install into .venv (TEST_EXTRAS: every extra, so no test is skipped for a missing package), run the suite
 # Both install with `pip install -c constraints.txt`, which pins the torch + torchvision pair of this workplace.
 PY ?= python3
 VENV ?= .venv
-# The quickstart runs no torch model: the portraits, the landmark masker and OpenCV are enough.
-QUICKSTART_EXTRAS ?= sample,faces
+# The portraits, the landmark masker and OpenCV build the set; `train` brings torch + timm for patch-forensics.
+QUICKSTART_EXTRAS ?= sample,faces,train
 TEST_EXTRAS ?= all,dev
 BIN = $(VENV)/bin
 
@@ -26,7 +27,10 @@ quickstart: $(VENV)/.installed-$(QUICKSTART_EXTRAS)
 	$(BIN)/bench eval noise --data out/quickstart --split test --out out/results/noise.json
 	$(BIN)/bench stress ela --data out/quickstart --suite recipes/stress/default.yaml --out out/results/ela-stress.json
 	$(BIN)/bench stress noise --data out/quickstart --suite recipes/stress/default.yaml --out out/results/noise-stress.json
-	$(BIN)/bench leaderboard out/results/ela.json out/results/noise.json out/results/ela-stress.json out/results/noise-stress.json --out out/site
+	$(BIN)/bench train patch-forensics --data out/quickstart --recipe recipes/train/quickstart.yaml --out out/runs/patch-forensics --overwrite
+	$(BIN)/bench eval patch-forensics --weights out/runs/patch-forensics --data out/quickstart --split test --out out/results/patch-forensics.json
+	$(BIN)/bench stress patch-forensics --weights out/runs/patch-forensics --data out/quickstart --suite recipes/stress/default.yaml --out out/results/patch-forensics-stress.json
+	$(BIN)/bench leaderboard out/results/ela.json out/results/noise.json out/results/ela-stress.json out/results/noise-stress.json out/results/patch-forensics.json out/results/patch-forensics-stress.json --out out/site
 
 test: $(VENV)/.installed-$(TEST_EXTRAS)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest

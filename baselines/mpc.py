@@ -147,7 +147,7 @@ class MPCTask(TrainTask):
 
     def load_pretrained(self, model: Any, source: str | None) -> str:
         """A stage-1 MPC run (folder or weights file) for stage 2, else timm HRNet weights for the encoder."""
-        from dolos_bench.train.pretrained import copy_matching, load_timm_weights, read_state_dict
+        from dolos_bench.train.pretrained import WeightsFileError, copy_matching, load_timm_weights, read_state_dict
 
         if source is not None:
             path = Path(source)
@@ -156,9 +156,11 @@ class MPCTask(TrainTask):
             state = read_state_dict(path)
             if any(k.startswith("encoder.") for k in state):
                 keep = {k: v for k, v in state.items() if not k.startswith("head.") and k != "steps_done"}
+                wanted = [k for k in _unwrap(model).state_dict() if not k.startswith("head.") and k != "steps_done"]
                 copied, total = copy_matching(_unwrap(model), keep)
-                if copied == 0:
-                    raise ValueError(f"{path}: no tensor fits this MPC config (another arch or dim?)")
+                if copied != len(wanted):
+                    raise WeightsFileError(f"{path}: {copied} of the {len(wanted)} encoder and projection tensors fit this"
+                                           " MPC config; train stage 2 with the stage-1 run's arch and dim")
                 return f"mpc: encoder and projection heads from {path} ({copied} of {total} tensors)"
         if self.config.arch == "tiny":
             return "mpc: the tiny HRNet has no pretrained weights; training from scratch"

@@ -114,7 +114,9 @@ class PatchForensicsTask(TrainTask):
             if self.supervision == "full":
                 raise ValueError("full supervision needs masks in the batch")
             return batch.labels.view(n, 1, 1).expand(n, h, w)
-        small = F.interpolate(batch.masks.float(), size=(h, w), mode="nearest")
+        # nearest-exact samples each patch's centre, as PIL's nearest resize in the Dolos code does
+        # (torch's plain "nearest" takes the top-left pixel and shifts the target by half a patch)
+        small = F.interpolate(batch.masks.float(), size=(h, w), mode="nearest-exact")
         return (small[:, 0] > 0.5).long()
 
     def loss(self, model: Any, batch: Batch) -> tuple[Any, dict[str, float]]:

@@ -166,6 +166,7 @@ class SleepStandIn(Generator):
     max_batch: ClassVar[int | None] = None
     default_batch: ClassVar[int | None] = 8
     spent: ClassVar[float] = 0.0  # seconds slept, in this process (the stand-in runs in the parent's pool)
+    calls: ClassVar[list[tuple[float, float]]] = []  # (start, end) of every call, perf_counter seconds
 
     def __init__(self, cost: float = 0.05) -> None:
         self.cost = cost
@@ -181,7 +182,9 @@ class SleepStandIn(Generator):
     def inpaint_batch(self, images, masks, rngs):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
         time.sleep(self.cost * len(images))
-        SleepStandIn.spent += time.perf_counter() - start
+        end = time.perf_counter()
+        SleepStandIn.spent += end - start
+        SleepStandIn.calls.append((start, end))
         return [self.inpaint(i, m, r) for i, m, r in zip(images, masks, rngs)]
 
 
@@ -226,10 +229,22 @@ def build_recipe(source: Path, generator: dict[str, Any], shard_size: int) -> An
     })
 
 
-def timed_build(recipe: Any, out: Path, *, workers: int, own_pool: bool) -> float:
+def timed_build(recipe: Any, out: Path, *, workers: int, own_pool: bool) -> tuple[float, float, float]:
+    """Wall seconds of the build, and when it started and ended (perf_counter)."""
     start = time.perf_counter()
     run_build(recipe, out, workers=workers, inpaint_devices=["cpu"] if own_pool else None)
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, start, end
+
+
+def idle_breakdown(calls: list[tuple[float, float]], start: float, end: float) -> str:
+    """Where a build's time outside the generator went: before its first call (start-up, planning,
+    the first shard's prepare), between calls (the generator starved) and after its last (the tail)."""
+    if not calls:
+        return ""
+    calls = sorted(calls)
+    gaps = sum(max(0.0, b[0] - a[1]) for a, b in zip(calls, calls[1:]))
+    return f"   (before first call {calls[0][0] - start:.2f} s, between calls {gaps:.2f} s, after last {end - calls[-1][1]:.2f} s)"
 
 
 def overhead(root: Path, images: int, shard_size: int, workers: list[int], cost: float, real: str | None) -> None:
@@ -252,20 +267,22 @@ def overhead(root: Path, images: int, shard_size: int, workers: list[int], cost:
                 free = build_recipe(source, {"type": name, "cost": 0.0}, shard_size)
                 for w in workers:
                     n += 1
-                    print(f"  {'(cpu stages, cost 0)':<24} {w:>7} {timed_build(free, root / f'o{n}', workers=w, own_pool=True):8.2f}")
+                    print(f"  {'(cpu stages, cost 0)':<24} {w:>7} {timed_build(free, root / f'o{n}', workers=w, own_pool=True)[0]:8.2f}")
             recipe = build_recipe(source, {"type": name, **params}, shard_size)
             n += 1
             cls.spent = 0.0  # type: ignore[attr-defined]
-            serial = timed_build(recipe, root / f"o{n}", workers=1, own_pool=False)
+            serial = timed_build(recipe, root / f"o{n}", workers=1, own_pool=False)[0]
             print(f"  {name + ' (serial)':<24} {1:>7} {serial:8.2f} {cls.spent:8.2f}")  # type: ignore[attr-defined]
             for w in workers:
                 n += 1
                 cls.spent = 0.0  # type: ignore[attr-defined]
-                seconds = timed_build(recipe, root / f"o{n}", workers=w, own_pool=True)
+                SleepStandIn.calls = []
+                seconds, start, end = timed_build(recipe, root / f"o{n}", workers=w, own_pool=True)
                 model = cls.spent  # type: ignore[attr-defined]
                 extra = seconds - model
                 print(f"  {name:<24} {w:>7} {seconds:8.2f} {model:8.2f} {extra:10.2f} "
-                      f"{100 * extra / seconds:13.1f}% {100 * extra / model:13.1f}%", flush=True)
+                      f"{100 * extra / seconds:13.1f}% {100 * extra / model:13.1f}%"
+                      + (idle_breakdown(SleepStandIn.calls, start, end) if cls is SleepStandIn else ""), flush=True)
 
 
 # -- main -------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Small re-implementations of the CompVis modules, named exactly as their checkpoints name them.
 
-``RefUNet`` follows ``ldm.modules.diffusionmodules.openaimodel.UNetModel`` (ResBlock with
-``in_layers`` / ``emb_layers`` / ``out_layers`` / ``skip_connection``, ``resblock_updown``, the
-legacy attention whose ``qkv`` holds q, k, v per head), ``RefVQ`` the taming / ldm ``VQModel``
+``RefUNet`` follows ``ldm.modules.diffusionmodules.openaimodel.UNetModel``: the same UNet as
+guided-diffusion's, so it is ``tests/tiny_diffusion.ADMUNet`` with the CompVis options (ResBlock
+with ``in_layers`` / ``emb_layers`` / ``out_layers`` / ``skip_connection``, ``resblock_updown``,
+the legacy attention whose ``qkv`` holds q, k, v per head, a fixed head count), ``RefVQ`` the taming / ldm ``VQModel``
 (``encoder.down.I.block.J``, ``decoder.up.I`` numbered from the lowest resolution, ``quantize``).
 Their state dicts are what ``last.ckpt`` holds; their outputs are what the converted diffusers
 models must reproduce. Written from the architecture, for the converter's tests only.
@@ -10,116 +11,27 @@ models must reproduce. Written from the architecture, for the converter's tests 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from tiny_diffusion import ADMUNet, randomise
+
+__all__ = ["RefUNet", "RefVQ", "randomise"]
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, channels: int, emb: int, out: int, up: bool = False, down: bool = False) -> None:
-        super().__init__()
-        self.in_layers = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(), nn.Conv2d(channels, out, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb, out))
-        self.out_layers = nn.Sequential(nn.GroupNorm(32, out), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out, out, 3, padding=1))
-        self.skip_connection = nn.Identity() if out == channels else nn.Conv2d(channels, out, 1)
-        self.up, self.down = up, down
-
-    def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        if self.up:
-            return F.interpolate(x, scale_factor=2, mode="nearest")
-        return F.avg_pool2d(x, 2, 2) if self.down else x
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers[:-1](x)
-        h, x = self._resample(h), self._resample(x)
-        h = self.in_layers[-1](h) + self.emb_layers(emb)[..., None, None]
-        return self.skip_connection(x) + self.out_layers(h)
-
-
-class AttentionBlock(nn.Module):
-    def __init__(self, channels: int, heads: int) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(32, channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj_out = nn.Conv1d(channels, channels, 1)
-        self.heads = heads
-
-    def forward(self, x: torch.Tensor, emb: Any = None) -> torch.Tensor:
-        b, c, *spatial = x.shape
-        flat = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(flat))
-        length, ch = qkv.shape[-1], c // self.heads
-        q, k, v = qkv.reshape(b * self.heads, 3 * ch, length).split(ch, dim=1)
-        scale = 1 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale).softmax(dim=-1)
-        a = torch.einsum("bts,bcs->bct", weight, v).reshape(b, -1, length)
-        return (flat + self.proj_out(a)).reshape(b, c, *spatial)
-
-
-class Step(nn.Sequential):
-    """TimestepEmbedSequential: the embedding goes to the ResBlocks."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        for layer in self:
-            x = layer(x, emb) if isinstance(layer, (ResBlock, AttentionBlock)) else layer(x)
-        return x
-
-
-class RefUNet(nn.Module):
-    def __init__(self, arch: Any) -> None:
-        super().__init__()
-        mc, emb = arch.model_channels, 4 * arch.model_channels
-        self.mc = mc
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.input_blocks = nn.ModuleList([Step(nn.Conv2d(arch.in_channels, mc, 3, padding=1))])
-        chans, ch, ds = [mc], mc, 1
-        last = len(arch.channel_mult) - 1
-        for level, mult in enumerate(arch.channel_mult):
-            for _ in range(arch.num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, emb, mult * mc)]
-                ch = mult * mc
-                if ds in arch.attention_resolutions:
-                    layers.append(AttentionBlock(ch, arch.heads(ch)))
-                self.input_blocks.append(Step(*layers))
-                chans.append(ch)
-            if level != last:
-                self.input_blocks.append(Step(ResBlock(ch, emb, ch, down=True)))
-                chans.append(ch)
-                ds *= 2
-        self.middle_block = Step(ResBlock(ch, emb, ch), AttentionBlock(ch, arch.heads(ch)), ResBlock(ch, emb, ch))
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(arch.channel_mult))):
-            for i in range(arch.num_res_blocks + 1):
-                layers = [ResBlock(ch + chans.pop(), emb, mc * mult)]
-                ch = mc * mult
-                if ds in arch.attention_resolutions:
-                    layers.append(AttentionBlock(ch, arch.heads(ch)))
-                if level and i == arch.num_res_blocks:
-                    layers.append(ResBlock(ch, emb, ch, up=True))
-                    ds //= 2
-                self.output_blocks.append(Step(*layers))
-        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(mc, arch.out_channels, 3, padding=1))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(timestep_embedding(t, self.mc))
-        hs, h = [], x
-        for block in self.input_blocks:
-            h = block(h, emb)
-            hs.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+def RefUNet(arch: Any) -> ADMUNet:  # noqa: N802 - it stands for the module class it builds
+    """``openaimodel.UNetModel`` with ``arch``'s options: guided-diffusion's UNet (tests/tiny_diffusion.py)
+    with attention at down-sampling factors, ``arch.heads`` heads, plain GroupNorm + bias time
+    conditioning (``use_scale_shift_norm`` false) and ResBlock up/down sampling."""
+    assert arch.resblock_updown and not arch.use_scale_shift_norm, "the reference covers the released layout"
+    return ADMUNet(image_size=arch.image_size, in_channels=arch.in_channels, model_channels=arch.model_channels,
+                   out_channels=arch.out_channels, num_res_blocks=arch.num_res_blocks,
+                   channel_mult=tuple(arch.channel_mult), attention_ds=tuple(arch.attention_resolutions),
+                   num_head_channels=arch.num_head_channels, num_heads=arch.num_heads, resblock_updown=True,
+                   scale_shift=False)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -250,12 +162,3 @@ class RefVQ(nn.Module):
 
     def decode_unquantized(self, h: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(h))
-
-
-def randomise(module: nn.Module, seed: int) -> nn.Module:
-    """Every parameter random (norms too), so that a wrong mapping cannot hide behind ones and zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return module.eval()

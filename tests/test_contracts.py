@@ -56,6 +56,8 @@ PARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("perturbation", "blur"): {"sigma": 1.5},
     ("perturbation", "noise"): {"sigma": 5.0},
     ("perturbation", "resize"): {"scale": 0.5},
+    ("localizer", "focal"): {"arch": "tiny"},  # untrained HRNet-W32 works too, 10x slower on a CPU
+    ("localizer", "mpc"): {"arch": "tiny", "dim": 16},
 }
 
 #: Stages whose parameters name files (weights, annotations, a tiny model): a function that writes

@@ -176,7 +176,6 @@ def test_wrong_options_and_a_wrong_schedule_are_named(tmp_path: Path) -> None:
 
 def test_the_generator_default_schedule_is_the_converter_one() -> None:
     assert compvis_ldm.scheduler_config(InpaintArch()) == ldm_inpaint.COMPVIS_DDIM
-    assert compvis_ldm.SIDECAR == ldm_inpaint.SIDECAR
     # ldm's DDIM timesteps for 50 steps: 1, 21, ..., 981 (make_ddim_timesteps, 'uniform', + 1)
     scheduler = DDIMScheduler(**ldm_inpaint.COMPVIS_DDIM)
     scheduler.set_timesteps(50)

@@ -187,3 +187,21 @@ def test_without_weights_it_warns_and_still_gives_valid_maps() -> None:
     out = localizer.predict([np.zeros((40, 50, 3), np.uint8), np.full((64, 64, 3), 200, np.uint8)])
     assert [m.shape for m in out.maps] == [(37, 37), (37, 37)]
     assert all(0 <= m.min() and m.max() <= 1 for m in out.maps)
+
+
+@pytest.mark.parametrize("setup", ["a", "b", "c"])
+def test_the_paper_recipes_hold_the_papers_values(setup: str) -> None:
+    from dolos_bench.train.recipe import load_train_recipe
+
+    root = Path(__file__).resolve().parents[1] / "recipes" / "train"
+    r = load_train_recipe(root / f"patch-forensics-setup-{setup}.yaml", task_cls=PatchForensicsTask)
+    assert (r.input_size, r.iterations_per_epoch, r.optim.name, r.optim.lr) == (299, 500, "adam", 1e-3)
+    assert r.validation.metric == "loss" and r.pretrained is False
+    if setup in "ab":
+        assert (r.supervision, r.batch_size, r.epochs, r.data.resize, r.data.hflip) == ("weak", 64, 100, "lanczos", 0.5)
+        assert r.model["init"] == "xavier" and r.data.include == "all"
+    else:
+        assert (r.supervision, r.batch_size, r.epochs, r.data.resize, r.data.hflip) == ("full", 16, 50, "bilinear", 0.0)
+        assert r.model["init"] == "default" and r.data.include == "fakes"
+    quick = load_train_recipe(root / "quickstart.yaml", task_cls=PatchForensicsTask)
+    assert quick.data.validation_split is None and quick.total_steps <= 300

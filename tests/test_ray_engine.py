@@ -167,10 +167,10 @@ def test_a_build_on_ray_is_byte_identical_to_the_local_one(ray_session, tmp_path
     result = CliRunner().invoke(main, ["build", str(recipe_path), "--out", str(out), "--quiet", "--engine", "ray",
                                        "--workers", str(workers)])
     assert result.exit_code == 0, result.output
-    assert folder_hashes(out) == folder_hashes(reference_build)
-    local = tmp_path / "local2"
-    run_build(load_recipe(recipe_path), local, workers=2)
-    assert folder_hashes(local) == folder_hashes(reference_build)
+    assert folder_hashes(out) == folder_hashes(reference_build)  # the reference: 1 local worker
+    if workers == 2:  # and 2 local workers make it too
+        run_build(load_recipe(recipe_path), tmp_path / "local2", workers=2)
+        assert folder_hashes(tmp_path / "local2") == folder_hashes(reference_build)
 
 
 @pytest.mark.slow
@@ -269,3 +269,36 @@ def _suite_file(root: Path, suite: dict[str, Any]) -> Path:
     path = root / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
+
+
+# -- placement (no Ray needed) -------------------------------------------------------------------------
+
+
+def _gpu_recipe(tmp_path: Path, asks: Sequence[float]):
+    generators = [{"type": "telea", "name": f"g{i}", "num_gpus": gpus} for i, gpus in enumerate(asks)]
+    return load_recipe(tiny_recipe(tmp_path / "gpus.yaml", tmp_path, generators=generators))
+
+
+def test_gpus_are_shared_by_the_work_left_and_every_request_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dolos_bench.builder import pipeline
+    from dolos_bench.engine import ray as ray_engine
+
+    recipe = _gpu_recipe(tmp_path, [1, 1, 0.25, 1, 1, 1])
+    apart = {g: ("cuda",) for g in range(6)}
+    work = {0: 41500, 1: 10800, 2: 10800, 3: 10800, 4: 10800, 5: 10000}  # the Dolos CelebA-HQ recipe's fakes
+    for gpus in (64.0, 4.0, 1.0):
+        monkeypatch.setattr(ray_engine, "cluster_resources", lambda gpus=gpus: {"GPU": gpus, "CPU": 8.0})
+        pools = pipeline._ray_inpainters(recipe, apart, 1, work)
+        assert set(pools) == set(apart) and all(actors >= 1 for actors, _, _ in pools.values())
+        assert sum(actors * each for actors, _, each in pools.values()) <= gpus  # nothing waits forever
+        if gpus == 64.0:
+            assert pools[0][0] > 3 * pools[1][0]  # the generator with 4x the samples gets about 4x the GPUs
+            assert pools[2] == (29, 0.0, 0.25)  # a quarter-GPU generator: four actors per GPU
+
+
+def test_ray_placement_stays_out_of_the_recipe_hash(tmp_path: Path) -> None:
+    """A build started with one placement resumes with another: num_gpus/num_cpus never change a byte."""
+    placed = _gpu_recipe(tmp_path, [1])
+    plain = load_recipe(tiny_recipe(tmp_path / "plain.yaml", tmp_path, generators=[{"type": "telea", "name": "g0"}]))
+    assert placed.generators[0].num_gpus == 1 and placed.generators[0].params == {}
+    assert placed.sha256() == plain.sha256() and "num_gpus" not in placed.canonical_json()

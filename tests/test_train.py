@@ -342,3 +342,47 @@ def test_not_trainable_and_ls_marks_trainable() -> None:
     line = next(row for row in result.output.splitlines() if row.startswith("localizer") and f" {PF} " in row)
     assert "[trainable: bench train]" in line
     assert "[trainable" not in next(row for row in result.output.splitlines() if " ela " in row)
+
+
+def test_dataloader_workers_do_not_change_the_weights(dataset: Path, tmp_path: Path) -> None:
+    r0 = recipe(epochs=1, data={"validation_split": None, "hflip": 0.5, "workers": 0})
+    r2 = recipe(epochs=1, data={"validation_split": None, "hflip": 0.5, "workers": 2})
+    fit(pf_task(), r0, dataset, tmp_path / "w0")
+    fit(pf_task(), r2, dataset, tmp_path / "w2")
+    assert (tmp_path / "w0" / "model.safetensors").read_bytes() == (tmp_path / "w2" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_a_checkpoint_and_the_same_command_resumes(dataset: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "sigint", "supervision": "full", "model": {"width": 0.25}, "input_size": 32, "batch_size": 2,
+        "epochs": 1, "iterations_per_epoch": 400, "log_every": 1, "data": {"validation_split": None}}))
+    out = tmp_path / "run"
+    bench = Path(sys.executable).with_name("bench")
+    command = [str(bench), "train", "dolos_baselines.patch_forensics:PatchForensicsLocalizer", "--data", str(dataset),
+               "--recipe", str(path), "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            (out / "metrics.csv").exists() and ",train,loss," in (out / "metrics.csv").read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal landed")
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "to resume" in err
+    step = json.loads((out / "checkpoints" / "last" / "trainer.json").read_text())["step"]
+    assert 0 < step < 400
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed at step {step}" in done.stdout
+    assert json.loads((out / "config.json").read_text())["status"] == "finished"

@@ -96,9 +96,9 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, ch: int, head_channels: int, new_order: bool = False) -> None:
+    def __init__(self, ch: int, heads: int, new_order: bool = False) -> None:
         super().__init__()
-        self.heads, self.new_order = ch // head_channels, new_order
+        self.heads, self.new_order = heads, new_order
         self.norm = nn.GroupNorm(32, ch)
         self.qkv = nn.Conv1d(ch, 3 * ch, 1)
         self.proj_out = nn.Conv1d(ch, ch, 1)
@@ -146,17 +146,30 @@ class Step(nn.Sequential):
 
 
 class ADMUNet(nn.Module):
-    """guided-diffusion's unconditional UNetModel (2-D, no class labels)."""
+    """guided-diffusion's unconditional UNetModel (2-D, no class labels), which latent-diffusion's
+    ``openaimodel.UNetModel`` is too (``tests/compvis_reference.py`` builds it with the CompVis
+    options: attention by down-sampling factor, a fixed head count, no scale-shift norm).
+
+    ``attention_resolutions`` are feature-map sizes (guided-diffusion's flag); ``attention_ds``,
+    when given, down-sampling factors instead (latent-diffusion's). Heads: ``num_head_channels``
+    per head when > 0, else ``num_heads`` at every width. Every parameter is drawn from ``seed``.
+    """
 
     def __init__(self, *, image_size: int, in_channels: int = 3, model_channels: int = 32, out_channels: int = 6,
                  num_res_blocks: int = 1, attention_resolutions: tuple[int, ...] = (8,),
-                 channel_mult: tuple[int, ...] = (1, 2), num_head_channels: int = 16, resblock_updown: bool = True,
-                 scale_shift: bool = True, new_order: bool = False) -> None:
+                 channel_mult: tuple[int, ...] = (1, 2), num_head_channels: int = 16, num_heads: int = 1,
+                 attention_ds: tuple[int, ...] | None = None, resblock_updown: bool = True,
+                 scale_shift: bool = True, new_order: bool = False, seed: int = 0) -> None:
         super().__init__()
         mc, emb = model_channels, 4 * model_channels
         self.model_channels = mc
-        attention_ds = {image_size // r for r in attention_resolutions}
+        if attention_ds is None:
+            attention_ds = tuple(image_size // r for r in attention_resolutions)
         res = dict(scale_shift=scale_shift)
+
+        def heads(ch: int) -> int:
+            return ch // num_head_channels if num_head_channels > 0 else num_heads
+
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.input_blocks = nn.ModuleList([Step(nn.Conv2d(in_channels, mc, 3, padding=1))])
         chans, ch, ds = [mc], mc, 1
@@ -165,7 +178,7 @@ class ADMUNet(nn.Module):
                 layers: list[nn.Module] = [ResBlock(ch, emb, mult * mc, **res)]
                 ch = mult * mc
                 if ds in attention_ds:
-                    layers.append(AttentionBlock(ch, num_head_channels, new_order))
+                    layers.append(AttentionBlock(ch, heads(ch), new_order))
                 self.input_blocks.append(Step(*layers))
                 chans.append(ch)
             if level != len(channel_mult) - 1:
@@ -173,7 +186,7 @@ class ADMUNet(nn.Module):
                                               else Downsample(ch)))
                 chans.append(ch)
                 ds *= 2
-        self.middle_block = Step(ResBlock(ch, emb, **res), AttentionBlock(ch, num_head_channels, new_order),
+        self.middle_block = Step(ResBlock(ch, emb, **res), AttentionBlock(ch, heads(ch), new_order),
                                  ResBlock(ch, emb, **res))
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(channel_mult))[::-1]:
@@ -181,16 +194,13 @@ class ADMUNet(nn.Module):
                 layers = [ResBlock(ch + chans.pop(), emb, mc * mult, **res)]
                 ch = mc * mult
                 if ds in attention_ds:
-                    layers.append(AttentionBlock(ch, num_head_channels, new_order))
+                    layers.append(AttentionBlock(ch, heads(ch), new_order))
                 if level and i == num_res_blocks:
                     layers.append(ResBlock(ch, emb, ch, up=True, **res) if resblock_updown else Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(Step(*layers))
         self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(mc, out_channels, 3, padding=1))
-        with torch.no_grad():  # every parameter random (ADM zero-initialises some): a meaningful comparison
-            generator = torch.Generator().manual_seed(0)
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+        randomise(self, seed)  # every parameter random (ADM zero-initialises some): a meaningful comparison
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(t, self.model_channels))
@@ -202,3 +212,12 @@ class ADMUNet(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
         return self.out(h)
+
+
+def randomise(module: nn.Module, seed: int) -> nn.Module:
+    """Every parameter random (norms too), so that a wrong mapping cannot hide behind ones and zeros."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return module.eval()

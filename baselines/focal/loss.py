@@ -34,11 +34,13 @@ def info_nce(anchors: torch.Tensor, negatives: torch.Tensor, tau: float = 0.1) -
     ``m`` must be at least 2 and ``k`` at least 1 (callers skip otherwise).
     """
     m = anchors.shape[0]
-    sim = anchors @ anchors.T
-    positive = (sim.sum(dim=1) - sim.diagonal()) / (m - 1)  # mean over the other anchors
-    logits = torch.cat([positive[:, None], anchors @ negatives.T], dim=1) / tau
-    target = torch.zeros(m, dtype=torch.long, device=anchors.device)
-    return F.cross_entropy(logits.float(), target)
+    with torch.autocast(anchors.device.type, enabled=False):  # similarities / 0.1 need more than bf16's 3 digits
+        anchors, negatives = anchors.float(), negatives.float()
+        sim = anchors @ anchors.T
+        positive = (sim.sum(dim=1) - sim.diagonal()) / (m - 1)  # mean over the other anchors
+        logits = torch.cat([positive[:, None], anchors @ negatives.T], dim=1) / tau
+        target = torch.zeros(m, dtype=torch.long, device=anchors.device)
+        return F.cross_entropy(logits, target)
 
 
 def image_info_nce(features: torch.Tensor, masks: torch.Tensor, tau: float = 0.1, samples: int = 1000) -> tuple[torch.Tensor, int]:

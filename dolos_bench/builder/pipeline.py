@@ -15,17 +15,20 @@ byte depends only on the recipe and the sources, never on ``--workers``.
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..data.dataset_io import DatasetFolder, ShardRecord, StagedShard, shard_schema
 from ..engine import Pool, WorkerPlan, engine_for
+from ..engine.local import InlinePool
 from ..engine.select import LOCAL, EngineChoice
 from ..registry import GENERATORS
 from .plan import (CheckJob, Checker, FileAccount, ItemCheck, Plan, PlannedSample, build_sources, make_plan,
@@ -172,7 +175,12 @@ def _made(recipe: Recipe, cpu: Pool, inpainters: dict[int, Pool], jobs: list[Sha
             yield from (batch for _, batch in entry[2][index])
             k += 1
 
-    results = {g: pool.map(stream(g), describe=InpaintBatch.describe) for g, pool in inpainters.items()}
+    # A pool that runs in this process (one local inpaint worker, the `--device` default) gets its
+    # batches in a thread of its own: without it the generator waits while this thread prepares the
+    # next shard and finishes the last (inline CPU workers), or dispatches their units. One shard
+    # of batches is kept queued ahead, so the next shard is prepared while this one is inpainted.
+    results = {g: _in_own_thread(pool, stream(g), _batches_per_shard(recipe, g, jobs)) if isinstance(pool, InlinePool)
+               else pool.map(stream(g), describe=InpaintBatch.describe) for g, pool in inpainters.items()}
 
     def inpainted() -> Iterator[FinishJob]:
         k = 0
@@ -187,6 +195,36 @@ def _made(recipe: Recipe, cpu: Pool, inpainters: dict[int, Pool], jobs: list[Sha
             k += 1
 
     yield from cpu.map(inpainted(), describe=FinishJob.describe)
+
+
+def _batches_per_shard(recipe: Recipe, index: int, jobs: Sequence[ShardJob]) -> int:
+    """The most inpaint batches generator ``index`` gets from one shard (at least 1)."""
+    size = batch_size(recipe, index)
+    most = max((sum(1 for s in job.samples if s.generator_index == index) for job in jobs), default=1)
+    return max(1, 1 if size is None else math.ceil(most / size))
+
+
+def _in_own_thread(pool: Pool, batches: Iterator[InpaintBatch], ahead: int) -> Iterator[Any]:
+    """``pool.map(batches)`` for a pool that runs in this process, its work done in one thread of
+    its own: results in order, as ``pool.map`` gives them, the same bytes.
+
+    ``batches`` is still pulled in the calling thread (it prepares shards on the CPU pool, which
+    only that thread drives), up to ``ahead`` batches beyond the one being inpainted, so that the
+    generator always has work queued while the caller prepares the next shard and finishes the
+    last. When the caller stops early (an error, Ctrl-C) the queued batches are cancelled and the
+    running one is not waited for.
+    """
+    thread = ThreadPoolExecutor(1, thread_name_prefix="dolos-inpaint")
+    queued: deque[Future] = deque()
+    try:
+        for batch in batches:
+            queued.append(thread.submit(lambda b=batch: next(pool.map([b], describe=InpaintBatch.describe))))
+            if len(queued) > ahead:
+                yield queued.popleft().result()
+        while queued:
+            yield queued.popleft().result()
+    finally:
+        thread.shutdown(wait=False, cancel_futures=True)
 
 
 # -- the whole build ---------------------------------------------------------------------------
@@ -275,14 +313,14 @@ def run_build(
                                        num_cpus=_cpu_stage_cores(recipe, local), shared=(out,), name="build")
             cpu = stack.enter_context(cpu_engine.start(WorkerPlan(CpuStages, setup, workers)))
 
-            def open_inpainters() -> dict[int, Pool]:
+            def open_inpainters(work: Mapping[int, int] | None = None) -> dict[int, Pool]:
                 if not remote:
                     return {}
                 if engine.is_ray:
                     return {g: stack.enter_context(engine.engine(
                                 actors, num_cpus=cores, num_gpus=gpus, name=f"generator-{recipe.generators[g].label}"
                             ).start(WorkerPlan(InpaintStage, InpaintSetup(setup.recipe_json, g), actors)))
-                            for g, (actors, cores, gpus) in _ray_inpainters(recipe, apart, inpaint_workers).items()}
+                            for g, (actors, cores, gpus) in _ray_inpainters(recipe, apart, inpaint_workers, work).items()}
                 local_engine = engine_for(inpaint_workers, preload=PRELOAD)
                 return {g: stack.enter_context(local_engine.start(WorkerPlan(
                             InpaintStage, InpaintSetup(setup.recipe_json, g), inpaint_workers, devices)))
@@ -322,13 +360,27 @@ def _cpu_stage_cores(recipe: Recipe, local: Sequence[int]) -> float:
     return max([1.0, *((recipe.generators[g].num_cpus or 0) for g in local)])
 
 
-def _ray_inpainters(recipe: Recipe, apart: dict[int, tuple[str, ...]], cpu_actors: int) -> dict[int, tuple[int, float, float]]:
+def _fakes_by_generator(pending: Sequence[tuple[str, str, Sequence[PlannedSample]]]) -> dict[int, int]:
+    """How many samples each generator still has to make: what its share of a cluster's GPUs follows."""
+    counts: dict[int, int] = {}
+    for _, _, members in pending:
+        for sample in members:
+            if sample.generator_index is not None:
+                counts[sample.generator_index] = counts.get(sample.generator_index, 0) + 1
+    return counts
+
+
+def _ray_inpainters(recipe: Recipe, apart: Mapping[int, tuple[str, ...]], cpu_actors: int,
+                    work: Mapping[int, int] | None = None) -> dict[int, tuple[int, float, float]]:
     """``(actors, num_cpus, num_gpus)`` of the pool of each generator in ``apart``, on Ray.
 
     A generator's ``num_gpus`` (default: 1 when it runs on CUDA, else 0) is what each of its
-    actors reserves; the cluster's GPUs are shared evenly between the generators that want them,
-    one actor per ``num_gpus`` of a generator's share (at least one), so that every GPU holds a
-    model. A generator apart on the CPU gets ``cpu_actors`` actors of ``num_cpus`` cores (1).
+    actors reserves. The cluster's GPUs are shared between the generators that want them in
+    proportion to the samples each still has to make (``work``; evenly without it): one actor per
+    ``num_gpus`` of a generator's share. Every pool is open for the whole build, so each gets at
+    least one actor; a share below ``num_gpus`` becomes one actor on that fraction of a GPU (Ray
+    then puts several models on one GPU) rather than a request the cluster cannot meet. A
+    generator apart on the CPU gets ``cpu_actors`` actors of ``num_cpus`` cores (default 1).
     """
     from ..engine.ray import cluster_resources
 
@@ -337,14 +389,21 @@ def _ray_inpainters(recipe: Recipe, apart: dict[int, tuple[str, ...]], cpu_actor
         return float(asked) if asked is not None else float(any(d.startswith("cuda") for d in apart[g]))
 
     wanting = [g for g in apart if gpus_of(g) > 0]
-    share = cluster_resources().get("GPU", 0.0) / max(1, len(wanting))
+    total = cluster_resources().get("GPU", 0.0)
+    weights = {g: float((work or {}).get(g, 0)) for g in wanting}
+    if sum(weights.values()) <= 0:
+        weights = {g: 1.0 for g in wanting}
     pools = {}
     for g in apart:
         cores = recipe.generators[g].num_cpus
-        if g in wanting:
+        if g not in wanting:
+            pools[g] = (max(1, cpu_actors), float(1 if cores is None else cores), 0.0)
+            continue
+        share = total * weights[g] / sum(weights.values())
+        if share >= gpus_of(g) or total <= 0:  # no GPU at all: the engine says so, with the request
             pools[g] = (max(1, int(share // gpus_of(g))), float(cores or 0), gpus_of(g))
         else:
-            pools[g] = (max(1, cpu_actors), float(1 if cores is None else cores), 0.0)
+            pools[g] = (1, float(cores or 0), max(0.01, int(share * 100) / 100))
     return pools
 
 
@@ -358,7 +417,7 @@ def _build(
     recipe: Recipe,
     out: Path,
     cpu: Pool,
-    open_inpainters: Callable[[], dict[int, Pool]],
+    open_inpainters: Callable[..., dict[int, Pool]],
     tally: _Tally,
     *,
     overwrite: bool,
@@ -391,7 +450,7 @@ def _build(
 
     written = 0
     if pending:
-        inpainters = open_inpainters()
+        inpainters = open_inpainters(_fakes_by_generator(pending))
         schema_now = schema.result()
         jobs = _shard_jobs(plan, pending, whole=not inpainters, schema=schema_now)
         units, owner = _dispatch_order(jobs, cpu.workers)

@@ -69,11 +69,13 @@ class GeneratorSpec(WeightedSpec):
     device: str | None = Field(
         None, description="run this generator in its own worker on this device (cpu, cuda, cuda:1);"
                           " default: --device, else inside the CPU workers")
+    # Ray placement never changes a byte, so it stays out of the canonical form (and the hash) even
+    # when set: a build resumes whichever resources it is given (exclude=True).
     num_gpus: float | None = Field(
-        None, ge=0, description="--engine ray: GPUs each worker holding this generator reserves (0.5: two share one);"
+        None, ge=0, exclude=True, description="--engine ray: GPUs each worker holding this generator reserves (0.5: two share one);"
                                 " > 0 runs it in its own workers, one per GPU of the cluster")
     num_cpus: float | None = Field(
-        None, ge=0, description="--engine ray: CPU cores each worker holding this generator reserves"
+        None, ge=0, exclude=True, description="--engine ray: CPU cores each worker holding this generator reserves"
                                 " (default: 1, or 0 beside a GPU)")
 
     @model_serializer(mode="wrap")

@@ -77,7 +77,12 @@ def train_command(baseline: str, data: str, recipe: str, out: str, overrides: tu
             result = fit(task, r, data, out, baseline=baseline, device=dev, overwrite=overwrite,
                          pretrained=source, progress=report, on_note=note)
         except TrainInterrupted as exc:
-            interrupted = exc
+            interrupted: TrainInterrupted | None = exc
+        except KeyboardInterrupt:  # before the loop took over Ctrl-C (reading data, building the model)
+            console.print(f"interrupted before training began; run the same command again: "
+                          f"{_train_command(baseline, data, recipe, out, overrides, device, pretrained, quiet)}",
+                          markup=False, highlight=False, soft_wrap=True)
+            sys.exit(130)
         else:
             interrupted = None
     if interrupted is not None:

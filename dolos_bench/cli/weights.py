@@ -51,6 +51,8 @@ def ls_command(check: bool) -> None:
             click.echo(f"    at: {where}")
         if entry.manual:
             click.echo(f"    manual download: {entry.page or entry.source}, then `bench weights fetch {entry.name} --from FILE`")
+        if entry.convert_hint:
+            click.echo(f"    {entry.convert_hint}")
 
 
 @weights_group.command("fetch", short_help="Download NAME (a catalogue entry or a Hub id) with checksum checks.")

@@ -21,8 +21,11 @@ head count, which a ``UNet2DModel`` config cannot state: see
 equal to the tensor it duplicates, or a schedule buffer checked against the schedule) and every
 target key filled, or :class:`ConversionError` lists the leftovers.
 
-The key layout is that of the latent-diffusion repository's modules (the same names diffusers'
-LDM conversion scripts map); ``tests/compvis_reference.py`` re-implements those modules under
+The UNet is the ADM UNet under ADM's names; its mapping and key accounting are
+:mod:`.adm_unet`'s, shared with the guided-diffusion converter (attention at down-sampling
+*factors*, a fixed head count recorded, not stated in the config). The VQ autoencoder's mapping is
+this module's. The key layout is that of the latent-diffusion repository's modules (the same names
+diffusers' LDM conversion scripts map); ``tests/compvis_reference.py`` re-implements those modules under
 those names, and the tests check that the converted diffusers models compute what they compute.
 
 Architecture (:class:`InpaintArch` defaults) is the released model's ``models/ldm/inpainting_big/
@@ -44,18 +47,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
 from ..utils.files import atomic_write_json, sha256_file
 from ..utils.outdir import RECORD, files_under, prepare_output, write_record
+from ..weights.formats import LDM_SIDECAR as SIDECAR
+from ..weights.formats import compvis_ddim
+from . import ConversionError
+from .adm_unet import UNetLayout, listed, map_unet, target_problems
+from .adm_unet import unet_config as adm_unet_config
+from .checkpoints import read_state_dict
 
 __all__ = ["ConversionError", "InpaintArch", "convert_compvis_ldm", "convert_state_dict", "unet_config",
            "vq_config", "scheduler_config", "KIND", "SIDECAR"]
 
-#: Written beside the models: architecture, source sha256, and the UNet's head count. The generator
-#: (``builder/generators/ldm_inpaint.py``, a layer this one does not import) reads the same name.
-SIDECAR = "dolos_ldm.json"
 KIND = "convert"  # the record kind every `bench convert` output shares
-LISTED = 8
 
 UNET = "model.diffusion_model."
 VQ = "first_stage_model."
@@ -68,10 +72,6 @@ SCHEDULE_BUFFERS = frozenset({
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
     "lvlb_weights", "logvar",
 })
-
-
-class ConversionError(UserError, ValueError):
-    """The checkpoint does not map onto the architecture: what is left over, and what to pass."""
 
 
 @dataclass(frozen=True)
@@ -112,30 +112,24 @@ class InpaintArch:
 # -- target configurations ---------------------------------------------------------------------------
 
 
+def unet_layout(arch: InpaintArch) -> UNetLayout:
+    """``arch``'s UNet as :mod:`.adm_unet` states it (a fixed head count is recorded, not configured)."""
+    return UNetLayout(
+        in_channels=arch.in_channels, out_channels=arch.out_channels, model_channels=arch.model_channels,
+        channel_mult=arch.channel_mult, num_res_blocks=arch.num_res_blocks, attention=tuple(arch.attention_levels()),
+        resblock_updown=arch.resblock_updown, use_scale_shift_norm=arch.use_scale_shift_norm,
+        image_size=arch.image_size, num_head_channels=arch.num_head_channels, num_heads=arch.num_heads,
+        head_count="recorded")
+
+
 def unet_config(arch: InpaintArch) -> dict[str, Any]:
     """The ``UNet2DModel`` config that computes what ``openaimodel.UNetModel`` with ``arch`` computes.
 
-    ADM's time embedding is ``cat(cos, sin)`` with frequencies ``exp(-log(10000) i / half)``:
-    ``flip_sin_to_cos=True, freq_shift=0``. ``attention_head_dim`` is None (one head) when the model
-    fixes the head *count*; :func:`~dolos_bench.builder.generators.ldm_inpaint.set_attention_heads`
-    applies ``dolos_ldm.json``'s ``attention_heads`` after loading.
+    ``attention_head_dim`` is None (one head) when the model fixes the head *count*;
+    :func:`~dolos_bench.builder.generators.ldm_inpaint.set_attention_heads` applies
+    ``dolos_ldm.json``'s ``attention_heads`` after loading.
     """
-    levels = arch.attention_levels()
-    plain_down = "ResnetDownsampleBlock2D" if arch.resblock_updown else "DownBlock2D"
-    plain_up = "ResnetUpsampleBlock2D" if arch.resblock_updown else "UpBlock2D"
-    return {
-        "sample_size": arch.image_size, "in_channels": arch.in_channels, "out_channels": arch.out_channels,
-        "block_out_channels": [arch.model_channels * m for m in arch.channel_mult],
-        "layers_per_block": arch.num_res_blocks,
-        "down_block_types": ["AttnDownBlock2D" if a else plain_down for a in levels],
-        "up_block_types": ["AttnUpBlock2D" if a else plain_up for a in reversed(levels)],
-        "downsample_type": "resnet" if arch.resblock_updown else "conv",
-        "upsample_type": "resnet" if arch.resblock_updown else "conv",
-        "attention_head_dim": arch.num_head_channels if arch.num_head_channels > 0 else None,
-        "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
-        "resnet_time_scale_shift": "scale_shift" if arch.use_scale_shift_norm else "default",
-        "add_attention": True, "center_input_sample": False, "time_embedding_type": "positional",
-    }
+    return adm_unet_config(unet_layout(arch))
 
 
 def vq_config(arch: InpaintArch) -> dict[str, Any]:
@@ -151,59 +145,12 @@ def vq_config(arch: InpaintArch) -> dict[str, Any]:
 
 
 def scheduler_config(arch: InpaintArch) -> dict[str, Any]:
-    """``DDIMScheduler`` settings reproducing ldm's ``DDIMSampler`` over ``arch``'s schedule.
-
-    ldm's "linear" betas are ``linspace(sqrt(start), sqrt(end)) ** 2`` (``scaled_linear``); its
-    uniform DDIM timesteps are ``range(0, T, T // steps) + 1`` (``leading`` spacing, ``steps_offset``
-    1); its last step's ``alpha_prev`` is ``alphas_cumprod[0]`` (``set_alpha_to_one`` False); no
-    clipping of the predicted latent. (The generator's default for a folder without ``scheduler/``,
-    ``ldm_inpaint.COMPVIS_DDIM``, is this for the released model; a test keeps the two equal.)
-    """
-    return {"num_train_timesteps": arch.timesteps, "beta_start": arch.linear_start, "beta_end": arch.linear_end,
-            "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-            "timestep_spacing": "leading", "prediction_type": "epsilon"}
+    """``DDIMScheduler`` settings reproducing ldm's ``DDIMSampler`` over ``arch``'s schedule
+    (:func:`dolos_bench.weights.formats.compvis_ddim`, which ``ldm-inpaint`` uses too)."""
+    return compvis_ddim(arch.timesteps, arch.linear_start, arch.linear_end)
 
 
 # -- key maps: (source module prefix, target module prefix, kind) ---------------------------------------
-
-
-def _unet_modules(arch: InpaintArch) -> list[tuple[str, str, str]]:
-    levels = arch.attention_levels()
-    n, nrb = len(levels), arch.num_res_blocks
-    out = [("time_embed.0", "time_embedding.linear_1", "plain"), ("time_embed.2", "time_embedding.linear_2", "plain"),
-           ("input_blocks.0.0", "conv_in", "plain")]
-    k = 1
-    for level in range(n):
-        for j in range(nrb):
-            out.append((f"input_blocks.{k}.0", f"down_blocks.{level}.resnets.{j}", "resblock"))
-            if levels[level]:
-                out.append((f"input_blocks.{k}.1", f"down_blocks.{level}.attentions.{j}", "attention"))
-            k += 1
-        if level < n - 1:
-            if arch.resblock_updown:
-                out.append((f"input_blocks.{k}.0", f"down_blocks.{level}.downsamplers.0", "resblock"))
-            else:
-                out.append((f"input_blocks.{k}.0.op", f"down_blocks.{level}.downsamplers.0.conv", "plain"))
-            k += 1
-    out += [("middle_block.0", "mid_block.resnets.0", "resblock"), ("middle_block.1", "mid_block.attentions.0", "attention"),
-            ("middle_block.2", "mid_block.resnets.1", "resblock")]
-    k = 0
-    for block in range(n):
-        level = n - 1 - block
-        for j in range(nrb + 1):
-            out.append((f"output_blocks.{k}.0", f"up_blocks.{block}.resnets.{j}", "resblock"))
-            layer = 1
-            if levels[level]:
-                out.append((f"output_blocks.{k}.1", f"up_blocks.{block}.attentions.{j}", "attention"))
-                layer = 2
-            if j == nrb and level > 0:
-                if arch.resblock_updown:
-                    out.append((f"output_blocks.{k}.{layer}", f"up_blocks.{block}.upsamplers.0", "resblock"))
-                else:
-                    out.append((f"output_blocks.{k}.{layer}.conv", f"up_blocks.{block}.upsamplers.0.conv", "plain"))
-            k += 1
-    out += [("out.0", "conv_norm_out", "plain"), ("out.2", "conv_out", "plain")]
-    return out
 
 
 def _vq_modules(arch: InpaintArch) -> list[tuple[str, str, str]]:
@@ -228,8 +175,6 @@ def _vq_modules(arch: InpaintArch) -> list[tuple[str, str, str]]:
     return out
 
 
-_RESBLOCK = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
-             "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
 _VQ_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "conv_shortcut"}
 _VQ_ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
@@ -239,37 +184,23 @@ def _squeeze(t: Any) -> Any:
     return t.reshape(t.shape[0], t.shape[1]) if t.ndim > 2 else t
 
 
-def _rename(kind: str, rest: str, tensor: Any, heads: int) -> list[tuple[str, Any]] | None:
+def _rename(kind: str, rest: str, tensor: Any) -> list[tuple[str, Any]] | None:
     """Target (sub-key, tensor) pairs for one source tensor, or None when ``rest`` is not of ``kind``."""
     sub, _, param = rest.rpartition(".")
     if param not in ("weight", "bias"):
         return None
     if kind == "plain":
         return [(param, tensor)] if not sub else None
-    if kind == "resblock":
-        return [(f"{_RESBLOCK[sub]}.{param}", tensor)] if sub in _RESBLOCK else None
     if kind == "vq_resnet":
         return [(f"{_VQ_RESNET[sub]}.{param}", tensor)] if sub in _VQ_RESNET else None
     if kind == "vq_attention":
         if sub not in _VQ_ATTENTION:
             return None
         return [(f"{_VQ_ATTENTION[sub]}.{param}", _squeeze(tensor) if sub != "norm" else tensor)]
-    if kind == "attention":
-        if sub == "norm":
-            return [(f"group_norm.{param}", tensor)]
-        if sub == "proj_out":
-            return [(f"to_out.0.{param}", _squeeze(tensor))]
-        if sub == "qkv":  # QKVAttentionLegacy: per head, q, k and v of that head are consecutive
-            width = tensor.shape[0] // 3
-            parts = tensor.reshape(heads, 3, width // heads, *tensor.shape[1:])
-            return [(f"to_{name}.{param}", _squeeze(parts[:, i].reshape(width, *tensor.shape[1:])))
-                    for i, name in enumerate("qkv")]
-        return None
     raise AssertionError(kind)
 
 
-def _map(modules: list[tuple[str, str, str]], source: dict[str, Any], heads_of: Callable[[Any], int]
-         ) -> tuple[dict[str, Any], list[str]]:
+def _map(modules: list[tuple[str, str, str]], source: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Renamed tensors and the source keys no module claims (longest prefix wins)."""
     table = {src: (dst, kind) for src, dst, kind in modules}
     target: dict[str, Any] = {}
@@ -285,7 +216,7 @@ def _map(modules: list[tuple[str, str, str]], source: dict[str, Any], heads_of: 
         renamed = None
         if found is not None:
             prefix, dst, kind = found
-            renamed = _rename(kind, key[len(prefix) + 1 :], tensor, heads_of(tensor) if kind == "attention" else 1)
+            renamed = _rename(kind, key[len(prefix) + 1 :], tensor)
         if renamed is None:
             leftover.append(key)
             continue
@@ -367,35 +298,22 @@ def convert_state_dict(state: dict[str, Any], arch: InpaintArch = InpaintArch(),
     used |= SCHEDULE_BUFFERS & set(state)
     _check_schedule(state, arch, problems)
 
-    unet_sd, unet_left = _map(_unet_modules(arch), unet_src, lambda t: arch.heads(t.shape[0] // 3))
-    vq_sd, vq_left = _map(_vq_modules(arch), vq_src, lambda t: 1)
-    leftover = [UNET + k for k in unet_left] + [VQ + k for k in vq_left] + sorted(set(state) - used)
+    unet = map_unet(unet_src, unet_layout(arch))
+    vq_sd, vq_left = _map(_vq_modules(arch), vq_src)
+    leftover = [UNET + k for k in unet.leftover] + [VQ + k for k in vq_left] + sorted(set(state) - used)
     if leftover:
-        problems.append(_listing(f"{len(leftover)} source key(s) that this architecture has no place for", leftover))
-    for name, produced, model in (("unet", unet_sd, UNet2DModel(**unet_config(arch))),
-                                  ("vqvae", vq_sd, VQModel(**vq_config(arch)))):
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        missing = sorted(set(expected) - set(produced))
-        if missing:
-            problems.append(_listing(f"{len(missing)} {name} key(s) that nothing in the checkpoint fills", missing))
-        extra = sorted(set(produced) - set(expected))
-        if extra:
-            problems.append(_listing(f"{len(extra)} mapped {name} key(s) the target model does not have", extra))
-        wrong = [f"{k} {tuple(produced[k].shape)} vs {expected[k]}" for k in sorted(set(produced) & set(expected))
-                 if tuple(produced[k].shape) != expected[k]]
-        if wrong:
-            problems.append(_listing(f"{len(wrong)} {name} shape mismatch(es) (checkpoint vs architecture)", wrong))
+        problems.append(f"{len(leftover)} source key(s) that this architecture has no place for: {listed(leftover)}")
+    if unet.absent:
+        problems.append(f"{len(unet.absent)} key(s) the architecture expects are not in the checkpoint:"
+                        f" {listed([UNET + k for k in unet.absent])}")
+    problems += target_problems("unet", unet.tensors, UNet2DModel(**unet_config(arch)))
+    problems += target_problems("vqvae", vq_sd, VQModel(**vq_config(arch)))
     if problems:
         raise ConversionError("the checkpoint does not match the CompVis inpainting architecture given: "
                               + "; ".join(problems) + ". Pass the model's own config values (bench convert"
                               " compvis-ldm --help) or check that this is the inpainting model's last.ckpt")
-    counts = {"unet": len(unet_sd), "vqvae": len(vq_sd), "source_keys": len(state)}
-    return Converted(unet_sd, vq_sd, "ema" if ema else "raw", counts)
-
-
-def _listing(what: str, keys: list[str]) -> str:
-    shown = ", ".join(keys[:LISTED]) + (f", ... ({len(keys) - LISTED} more)" if len(keys) > LISTED else "")
-    return f"{what}: {shown}"
+    counts = {"unet": len(unet.tensors), "vqvae": len(vq_sd), "source_keys": len(state)}
+    return Converted(unet.tensors, vq_sd, "ema" if ema else "raw", counts)
 
 
 def load_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
@@ -404,31 +322,9 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
     Pickled files are read with ``weights_only=True``; one that needs arbitrary objects is refused
     unless ``trust_pickle`` (a pickle can run code: only for files from a source you trust).
     """
-    import pickle
-
-    import torch
-
-    if not path.is_file():
-        raise ConversionError(f"checkpoint not found: {path} (the CompVis inpainting model's last.ckpt, from"
-                              " https://ommer-lab.com/files/latent-diffusion/inpainting_big.zip)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded: Any = load_file(str(path))
-        else:
-            loaded = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        hint = "" if trust_pickle else "; if it holds more than tensors and you trust it, pass --trust-pickle"
-        raise ConversionError(f"cannot read {path} ({reason}){hint}") from None
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise ConversionError(f"{path} holds no state_dict of named tensors")
-    odd = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
-    if odd:
-        raise ConversionError(_listing(f"{path}'s state_dict holds {len(odd)} entries that are not tensors", odd))
-    return dict(state)
+    return read_state_dict(path, trust_pickle=trust_pickle, not_found=(
+        f"checkpoint not found: {path} (the CompVis inpainting model's last.ckpt, from"
+        " https://ommer-lab.com/files/latent-diffusion/inpainting_big.zip)"))
 
 
 def convert_compvis_ldm(checkpoint: Path, out: Path, arch: InpaintArch = InpaintArch(), *,
@@ -456,7 +352,7 @@ def convert_compvis_ldm(checkpoint: Path, out: Path, arch: InpaintArch = Inpaint
     sidecar = {
         "format": "compvis-ldm-inpaint", "source": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
         "weights": converted.weights, "architecture": dataclasses.asdict(arch),
-        "attention_heads": arch.num_heads if arch.num_head_channels <= 0 else None,
+        "attention_heads": unet_layout(arch).recorded_heads(),
         "keys": converted.counts,
     }
     prepare_output(out, kind=KIND, what="converted model", replace=overwrite)

@@ -206,6 +206,10 @@ class ProcessPool(Pool):
                         exhausted = True
                     else:
                         waiting.append(chunk)
+                        if home is None:  # no homes to weigh: each unit starts as it comes, so the
+                            # first units of a slow source (shards as they are inpainted) do not wait
+                            # for the window to fill
+                            self._dispatch(waiting, futures, exhausted)
                 self._dispatch(waiting, futures, exhausted)
                 if not futures and not waiting:
                     return

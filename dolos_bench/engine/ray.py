@@ -254,8 +254,9 @@ class RayPool(Pool):
                     continue
                 if not refs and not waiting and exhausted:
                     return
-                # wake when one of ours is done, or when any actor gets room (another map's unit)
-                every = list(refs) or [r for rs in self._inflight for r in rs]
+                # wake when one of ours is done, or, with units waiting, when any actor gets room
+                # (a unit of another map of this pool finishing)
+                every = list(refs) + ([r for rs in self._inflight for r in rs if r not in refs] if waiting else [])
                 if not every:
                     continue
                 ready, _ = self.ray.wait(every, num_returns=1, fetch_local=False)
@@ -298,8 +299,8 @@ def connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        if address is None:
-            ray.init(include_dashboard=False)
+        if address is None:  # "local": a new instance, even where `ray start` left one running
+            ray.init(address="local", include_dashboard=False)
         else:
             ray.init(address=address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -333,7 +334,8 @@ class RayEngine(Engine):
             return ("cuda:0",)
         return (device_for(plan.devices, index),)
 
-    def _check_resources(self, ray: Any, workers: int) -> None:
+    def _check_resources(self, ray: Any) -> None:
+        """GPUs asked of a cluster that has none: an error at once, not a wait for placement."""
         total = ray.cluster_resources()
         if self.resources.num_gpus > 0 and total.get("GPU", 0) <= 0:
             raise RayEngineError(f"{self._label()} asks for {self.resources.num_gpus:g} GPU per worker, but the Ray"
@@ -404,7 +406,7 @@ class RayEngine(Engine):
         pool: RayPool | None = None
         clean = True
         try:
-            self._check_resources(ray, plan.workers)
+            self._check_resources(ray)
             actors = self._spawn(ray, plan)
             infos = self._await_ready(ray, actors)
             self._probe(ray, actors, infos)

@@ -22,7 +22,7 @@ import os
 import shutil
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -32,7 +32,7 @@ from ..utils.files import atomic_path, atomic_write_json
 from ..utils.versions import package_versions
 from .data import StreamDataset, collate, load_rows, stream_positions
 from .recipe import LOSS_METRIC, TrainRecipe
-from .run import BEST, CONFIG, LAST, METRICS_CSV, TENSORBOARD, WEIGHTS, RunFolder, run_key
+from .run import BEST, LAST, METRICS_CSV, TENSORBOARD, WEIGHTS, RunFolder, run_key
 from .task import Batch, TrainTask
 
 if TYPE_CHECKING:
@@ -219,7 +219,6 @@ def fit(
     total, numbers)`` is called after each step; ``on_note`` receives one-line notes (pretrained
     weights, resume). ``stop_after`` stops after that many steps as Ctrl-C would (tests).
     """
-    import numpy as np
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -230,6 +229,8 @@ def fit(
     out = Path(out)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda:") and "LOCAL_RANK" not in os.environ:  # one process on a chosen GPU
+        torch.cuda.set_device(int(device.partition(":")[2]))
     acc = Accelerator(cpu=device == "cpu", mixed_precision=_precision(recipe, device))
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     if recipe.batch_size % world:

@@ -52,6 +52,12 @@ class Entry:
     also_at: tuple[str, ...] = ()  # other places the file is often already (env vars expanded)
     gated: bool = False  # the Hub repository asks for a licence acceptance and a token
     note: str = ""
+    convert: str | None = None  # the `bench convert` command that makes the folder its generators load
+
+    @property
+    def convert_hint(self) -> str | None:
+        """What to run before a generator can use this file (None: it loads the file as it is)."""
+        return f"convert it first: bench convert {self.convert} <ckpt> <out>" if self.convert else None
 
     def __post_init__(self) -> None:
         if self.kind == "file" and not self.filename:
@@ -78,8 +84,8 @@ class Entry:
 
 _TORCH_HUB = ("$TORCH_HOME/hub/checkpoints", "~/.cache/torch/hub/checkpoints")
 _P2_PAGE = "https://github.com/jychoi118/P2-weighting#pre-trained-models"
-_P2_NOTE = ("OpenAI guided-diffusion (ADM) format, 256x256, learned variance; convert with "
-            "`bench convert guided-diffusion FILE OUT` for the repaint generators")
+_P2_NOTE = ("OpenAI guided-diffusion (ADM) format, 256x256, learned variance; repaint and ddpm-full load the "
+            "converted folder, not this file: `bench convert guided-diffusion FILE OUT`, then `model: OUT`")
 
 BUILTIN: tuple[Entry, ...] = (
     # -- the Dolos-era models ---------------------------------------------------------------------
@@ -87,12 +93,12 @@ BUILTIN: tuple[Entry, ...] = (
           "https://drive.google.com/file/d/1ag8JnvKGKo6L6avO_dTFEBNWJo2jZIDF/view?usp=sharing",
           licence="not stated with the checkpoint (code: the P2-weighting repository, from openai/guided-diffusion)",
           used_by=("generator:repaint", "generator:ddpm-full"), filename="celebahq_p2.pt",
-          manual=True, page=_P2_PAGE, note=_P2_NOTE),
+          manual=True, page=_P2_PAGE, note=_P2_NOTE, convert="guided-diffusion"),
     Entry("p2-ffhq", "file",
           "https://drive.google.com/file/d/1nlCPBqOqSeqAQ8F4noThbnmr4okriwTc/view?usp=sharing",
           licence="not stated with the checkpoint (code: the P2-weighting repository, from openai/guided-diffusion)",
           used_by=("generator:repaint", "generator:ddpm-full"), filename="ffhq_p2.pt",
-          manual=True, page=_P2_PAGE, note=_P2_NOTE),
+          manual=True, page=_P2_PAGE, note=_P2_NOTE, convert="guided-diffusion"),
     Entry("ddpm-celebahq", "hub", "google/ddpm-ema-celebahq-256", licence="apache-2.0",
           used_by=("generator:repaint", "generator:ddpm-full"),
           note="pixel-space DDPM (UNet2DModel + DDPMScheduler), the RePaint example model of diffusers"),
@@ -102,7 +108,8 @@ BUILTIN: tuple[Entry, ...] = (
     Entry("ldm-inpainting", "file", "https://heibox.uni-heidelberg.de/f/4d9ac7ea40c64582b7c9/?dl=1",
           licence="MIT (CompVis/latent-diffusion)", used_by=("generator:ldm-inpaint",),
           filename="last.ckpt", page="https://github.com/CompVis/latent-diffusion#inpainting",
-          note="CompVis checkpoint (PyTorch Lightning pickle); convert with `bench convert compvis-ldm`"),
+          note="CompVis checkpoint (PyTorch Lightning pickle); ldm-inpaint loads the converted folder, not this "
+               "file: `bench convert compvis-ldm FILE OUT`, then `model: OUT`", convert="compvis-ldm"),
     Entry("big-lama", "file", "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt",
           licence="apache-2.0 (advimman/lama)", used_by=("generator:lama",), filename="big-lama.pt",
           md5="e3aa4aaa15225a33ec84f9f4bc47e500", also_at=tuple(f"{d}/big-lama.pt" for d in _TORCH_HUB),

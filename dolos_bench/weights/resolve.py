@@ -119,7 +119,7 @@ def resolve_weights(value: str | Path, *, stage: str, expect: Expect = "any") ->
 def _resolve_file(value: str, entry: Entry, *, stage: str, expect: Expect) -> Resolved:
     if expect == "folder":
         raise WeightsError(f"{stage}: {entry.name} is a single file ({entry.filename}); this stage takes a model "
-                           f"folder (convert it first)")
+                           f"folder: {entry.convert_hint or 'convert it first'}")
     found = find_file(entry)
     if found is None:
         raise WeightsError(f"{stage}: {entry.filename} ({entry.name}) is not in {entry_path(entry).parent}; "

@@ -9,8 +9,9 @@ Two kinds of model, both in diffusers' layout (a local folder or a hub id):
   sampled with ``DDPMScheduler(variance_type="learned_range")``: ADM's learned interpolation
   between ``beta_t`` and the posterior variance, over the (respaced) steps; DDIM uses only the
   epsilon channels.
-* **latent**: an autoencoder (``vqvae/``: ``VQModel``, decoded with quantisation and no scaling
-  as diffusers' ``LDMPipeline`` does; or ``vae/``: ``AutoencoderKL``, latents divided by its
+* **latent**: an autoencoder, loaded and decoded as the other latent generators do
+  (:mod:`.latent_common`: ``vqvae/``: ``VQModel``, decoded with quantisation and no scaling as
+  diffusers' ``LDMPipeline`` does; or ``vae/``: ``AutoencoderKL``, latents divided by its
   ``scaling_factor``) + ``unet/`` + ``scheduler/``, like ``CompVis/ldm-celebahq-256``. Default
   sampler: DDIM, 200 steps, ``eta = 0`` (the LDM pipeline's defaults for that model).
 
@@ -83,7 +84,8 @@ class DDPMFullGenerator(Generator):
             return
         import diffusers
 
-        from .torch_common import choose_device, load_pretrained, resolve_location, weights_identity
+        from .latent_common import load_autoencoder
+        from .torch_common import choose_device, load_model, resolve_location, weights_identity
 
         self.device, self.dtype = choose_device(device, self.precision, self.name)  # type: ignore[arg-type]
         location = resolve_location(self.model, generator=self.name, hint=WHERE)
@@ -91,20 +93,15 @@ class DDPMFullGenerator(Generator):
         auto_kind = "latent" if local and any(Path(location, d, "config.json").is_file() for d in ("vqvae", "vae")) \
             else "pixel"
         self.resolved_kind = auto_kind if self.kind == "auto" else self.kind
-        load = dict(generator=self.name, hint=WHERE, torch_dtype=self.dtype)
-        self.autoencoder = None
+        self.vae = None
         unet_folder: str | None = None
         if self.resolved_kind == "latent":
             unet_folder = "unet"
-            if not local or Path(location, "vqvae").is_dir():
-                self.autoencoder = load_pretrained(diffusers.VQModel, location, subfolder="vqvae", **load)
-            else:
-                self.autoencoder = load_pretrained(diffusers.AutoencoderKL, location, subfolder="vae", **load)
-            self.autoencoder = self.autoencoder.to(self.device).eval()
+            self.vae = load_autoencoder(location, self.device, self.dtype, generator=self.name, hint=WHERE)
         elif local and Path(location, "unet", "config.json").is_file():
             unet_folder = "unet"
-        unet = load_pretrained(diffusers.UNet2DModel, location, subfolder=unet_folder, **load)
-        self.unet = unet.to(self.device).eval()
+        self.unet = load_model(diffusers.UNet2DModel, location, self.device, self.dtype, generator=self.name,
+                               hint=WHERE, subfolder=unet_folder)
         self.channels = int(self.unet.config.in_channels)
         self.learned = int(self.unet.config.out_channels) == 2 * self.channels
         self.resolved_sampler = self.sampler if self.sampler != "auto" else (
@@ -135,8 +132,7 @@ class DDPMFullGenerator(Generator):
         return cls.from_config(config)
 
     def identity(self) -> dict[str, Any]:
-        import diffusers
-        import torch
+        from .torch_common import runtime_identity
 
         sched = self.scheduler.config
         return {
@@ -146,8 +142,7 @@ class DDPMFullGenerator(Generator):
             "schedule": {"from": self.schedule_from, "beta_schedule": sched.beta_schedule,
                          "num_train_timesteps": sched.num_train_timesteps},
             "model_size": list(self._image_size()),
-            "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type,
-            "diffusers": diffusers.__version__, "torch": torch.__version__,
+            **runtime_identity(self.device, self.dtype),
         }
 
     def _steps(self) -> int:
@@ -158,9 +153,7 @@ class DDPMFullGenerator(Generator):
     def _image_size(self) -> tuple[int, int]:
         """(height, width) of what the model makes: its sample size, times the autoencoder's factor."""
         h, w = self.latent_size
-        if self.autoencoder is None:
-            return h, w
-        factor = 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+        factor = 1 if self.vae is None else self.vae.factor
         return h * factor, w * factor
 
     # -- sampling -----------------------------------------------------------------------------------
@@ -191,10 +184,8 @@ class DDPMFullGenerator(Generator):
                 if self.resolved_sampler == "ddim":
                     out = out[:, : self.channels]
                 x = sched.step(out, t, x, generator=gens, **extra).prev_sample
-            if self.autoencoder is not None:
-                scale = getattr(self.autoencoder.config, "scaling_factor", 1.0)
-                z = x if type(self.autoencoder).__name__ == "VQModel" else x / scale
-                x = run_network(self.autoencoder.decode, self.dtype, z)
+            if self.vae is not None:
+                x = self.vae.decode(x)
         made = tensor_to_images(x)
         return [_fit(out, image.shape[:2]) for out, image in zip(made, images)]
 

@@ -1,6 +1,6 @@
-"""What the latent-diffusion generators (``repaint-ldm``, ``ldm-inpaint``) share: the autoencoder,
-image padding to the latent grid, the mask brought to that grid, and network calls that keep a
-sample's bytes independent of its batch on the CPU.
+"""What the latent-diffusion generators (``repaint-ldm``, ``ldm-inpaint``, latent ``ddpm-full``) share:
+the autoencoder, image padding to the latent grid, the mask brought to that grid, and network calls
+that keep a sample's bytes independent of its batch on the CPU.
 
 * **Autoencoder.** A diffusers ``VQModel`` (the CompVis LDMs: ``vqvae/`` of
   ``CompVis/ldm-celebahq-256``, ``bench convert compvis-ldm`` output) or ``AutoencoderKL``
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .torch_common import WeightsError, load_pretrained, resolve_location, run_network
+from .torch_common import WeightsError, load_model, resolve_location, run_network
 
-__all__ = ["Autoencoder", "load_autoencoder", "pad_to", "latent_mask", "to_device", "unet_factor"]
+__all__ = ["Autoencoder", "load_autoencoder", "pad_to", "latent_mask", "unet_factor"]
 
 
 @dataclass
@@ -86,17 +86,9 @@ def load_autoencoder(location: str, device: torch.device, dtype: torch.dtype, *,
     else:
         raise WeightsError(f"{generator}: {location!r} has no vqvae/ or vae/ folder with a config.json;"
                            f" expected {hint}")
-    module = load_pretrained(getattr(diffusers, cls_name), where, generator=generator, hint=hint, subfolder=sub)
-    return Autoencoder(to_device(module, device, dtype), "vq" if cls_name == "VQModel" else "kl", sub, dtype)
-
-
-def to_device(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """``module`` on ``device`` in ``dtype``, in eval mode (cast only when not float32: diffusers
-    warns on every dtype cast, even a no-op one)."""
-    module = module.to(device)
-    if dtype != torch.float32:
-        module = module.to(dtype)
-    return module.eval()
+    module = load_model(getattr(diffusers, cls_name), where, device, dtype, generator=generator, hint=hint,
+                        subfolder=sub)
+    return Autoencoder(module, "vq" if cls_name == "VQModel" else "kl", sub, dtype)
 
 
 def _class_name(config: Path) -> str:

@@ -41,21 +41,14 @@ import numpy as np
 from dolos_bench.builder.base import Generator
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
+from dolos_bench.weights.formats import COMPVIS_DDIM
+from dolos_bench.weights.formats import LDM_SIDECAR as SIDECAR
 
-__all__ = ["LDMInpaintGenerator", "set_attention_heads", "read_sidecar", "SIDECAR"]
+__all__ = ["COMPVIS_DDIM", "LDMInpaintGenerator", "set_attention_heads", "read_sidecar", "SIDECAR"]
 
-SIDECAR = "dolos_ldm.json"
 WHERE = ("a folder with vqvae/ (VQModel), unet/ (UNet2DModel with 2 x latent + 1 input channels) and scheduler/;"
          " `bench convert compvis-ldm last.ckpt OUT` makes one from the CompVis latent-diffusion inpainting"
          " checkpoint (https://ommer-lab.com/files/latent-diffusion/inpainting_big.zip)")
-
-#: The DDIM schedule of the released model (configs: linear_start 0.0015, linear_end 0.0205, 1000
-#: steps), used when the folder has no scheduler/. See the module docstring for each choice.
-COMPVIS_DDIM: dict[str, Any] = {
-    "num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0205, "beta_schedule": "scaled_linear",
-    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading",
-    "prediction_type": "epsilon",
-}
 
 
 def read_sidecar(location: str) -> dict[str, Any]:
@@ -127,17 +120,18 @@ class LDMInpaintGenerator(Generator):
             return
         from diffusers import DDIMScheduler, UNet2DModel
 
-        from .latent_common import load_autoencoder, to_device, unet_factor
-        from .torch_common import WeightsError, choose_device, load_pretrained, resolve_location, weights_identity
+        from .latent_common import load_autoencoder, unet_factor
+        from .torch_common import WeightsError, choose_device, load_model, load_pretrained, resolve_location
+        from .torch_common import weights_identity
 
         self.device, self.dtype = choose_device(device, self.precision, self.name)  # type: ignore[arg-type]
         location = resolve_location(self.model, generator=self.name, hint=WHERE)
         self.vae = load_autoencoder(location, self.device, self.dtype, generator=self.name, hint=WHERE)
-        unet = load_pretrained(UNet2DModel, location, generator=self.name, hint=WHERE, subfolder="unet")
+        self.unet = load_model(UNet2DModel, location, self.device, self.dtype, generator=self.name, hint=WHERE,
+                               subfolder="unet")
         heads = read_sidecar(location).get("attention_heads")
         if heads:
-            set_attention_heads(unet, int(heads))
-        self.unet = to_device(unet, self.device, self.dtype)
+            set_attention_heads(self.unet, int(heads))
         want = 2 * self.vae.channels + 1
         if self.unet.config.in_channels != want or self.unet.config.out_channels != self.vae.channels:
             raise WeightsError(f"{self.name}: the UNet of {self.model!r} takes {self.unet.config.in_channels} and"
@@ -156,8 +150,7 @@ class LDMInpaintGenerator(Generator):
         self._device_name = device
 
     def identity(self) -> dict[str, Any]:
-        import diffusers
-        import torch
+        from .torch_common import runtime_identity
 
         sched = self.scheduler.config
         return {
@@ -165,8 +158,7 @@ class LDMInpaintGenerator(Generator):
             "autoencoder": self.vae.kind, "schedule": {
                 "from": self.schedule_from, "beta_schedule": sched.beta_schedule, "beta_start": sched.beta_start,
                 "beta_end": sched.beta_end, "num_train_timesteps": sched.num_train_timesteps},
-            "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type,
-            "diffusers": diffusers.__version__, "torch": torch.__version__,
+            **runtime_identity(self.device, self.dtype),
         }
 
     # -- inpainting ---------------------------------------------------------------------------------
@@ -180,7 +172,7 @@ class LDMInpaintGenerator(Generator):
         import torch.nn.functional as F
 
         from .latent_common import pad_to
-        from .repaint import _check_inputs
+        from .repaint import check_inputs
         from .torch_common import (images_to_tensor, masks_to_tensor, paste_back, per_sample_randn, run_network,
                                    tensor_to_images, torch_generators)
 
@@ -188,7 +180,7 @@ class LDMInpaintGenerator(Generator):
             return []
         if self._device_name is None:
             self.setup("cpu")
-        _check_inputs(self.name, images, masks, 1)
+        check_inputs(self.name, images, masks, 1)
         height, width = images[0].shape[:2]
         gens = torch_generators(rngs)
         with torch.inference_mode():

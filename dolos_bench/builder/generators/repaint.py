@@ -44,7 +44,7 @@ from dolos_bench.config import Strict
 from dolos_bench.errors import UserError
 from dolos_bench.utils.numbers import number
 
-__all__ = ["RePaintGenerator"]
+__all__ = ["RePaintGenerator", "check_inputs", "repaint_sample", "uses_learned_variance"]
 
 WHERE = ("a diffusers UNet2DModel folder (config.json + weights), a pipeline folder with unet/, or a hub id"
          " such as google/ddpm-ema-celebahq-256; `bench convert guided-diffusion CKPT OUT` makes one from an"
@@ -98,16 +98,15 @@ class RePaintGenerator(Generator):
             return
         from diffusers import RePaintScheduler, UNet2DModel
 
-        from .torch_common import choose_device, load_pretrained, resolve_location, weights_identity
+        from .torch_common import choose_device, load_model, resolve_location, weights_identity
 
         self.device, self.dtype = choose_device(device, self.precision, self.name)  # type: ignore[arg-type]
         location = resolve_location(self.model, generator=self.name, hint=WHERE)
         subfolder = self.subfolder
         if subfolder is None and Path(location, "unet", "config.json").is_file():
             subfolder = "unet"
-        unet = load_pretrained(UNet2DModel, location, generator=self.name, hint=WHERE, subfolder=subfolder,
-                               torch_dtype=self.dtype)
-        self.unet = unet.to(self.device).eval()
+        self.unet = load_model(UNet2DModel, location, self.device, self.dtype, generator=self.name, hint=WHERE,
+                               subfolder=subfolder)
         cfg = self.unet.config
         self.channels = int(cfg.in_channels)
         if cfg.out_channels not in (self.channels, 2 * self.channels):
@@ -116,19 +115,14 @@ class RePaintGenerator(Generator):
             raise WeightsError(f"{self.name}: {self.model!r} outputs {cfg.out_channels} channels for"
                                f" {cfg.in_channels} in; expected epsilon ({cfg.in_channels}) or epsilon + variance"
                                f" ({2 * cfg.in_channels}); expected {WHERE}")
-        learned = cfg.out_channels == 2 * self.channels
-        if self.variance == "learned" and not learned:
-            raise ValueError(f"{self.name}: variance 'learned' needs a model with {2 * self.channels} output"
-                             f" channels; {self.model!r} has {cfg.out_channels}")
-        self.learned = learned and self.variance != "fixed"
+        self.learned = uses_learned_variance(self.name, self.model, self.variance, cfg)
         self.scheduler, self.schedule_from = _scheduler(RePaintScheduler, location, subfolder)
         self.weights = weights_identity(self.model)
         self.down = 2 ** sum(1 for _ in cfg.down_block_types[1:])  # the UNet's size divisor
         self._device_name = device
 
     def identity(self) -> dict[str, Any]:
-        import diffusers
-        import torch
+        from .torch_common import runtime_identity
 
         sched = self.scheduler.config
         return {
@@ -138,8 +132,7 @@ class RePaintGenerator(Generator):
             "schedule": {"from": self.schedule_from, "beta_schedule": sched.beta_schedule,
                          "beta_start": sched.beta_start, "beta_end": sched.beta_end,
                          "num_train_timesteps": sched.num_train_timesteps, "clip_sample": sched.clip_sample},
-            "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type,
-            "diffusers": diffusers.__version__, "torch": torch.__version__,
+            **runtime_identity(self.device, self.dtype),
         }
 
     # -- inpainting ---------------------------------------------------------------------------------
@@ -158,67 +151,95 @@ class RePaintGenerator(Generator):
             return []
         if self._device_name is None:
             self.setup("cpu")
-        _check_inputs(self.name, images, masks, self.down)
+        check_inputs(self.name, images, masks, self.down)
         gens = torch_generators(rngs)
         with torch.inference_mode():
             known = images_to_tensor(images, self.device)
             keep = 1.0 - masks_to_tensor(masks, self.device)  # RePaint's polarity: 1 = keep
             x = per_sample_randn(gens, known.shape[1:], self.device)
-            x = self._sample(x, known, keep, gens)
+            x = repaint_sample(self.unet, self.dtype, self.scheduler, x, known, keep, gens, steps=self.steps,
+                               jump_length=self.jump_length, jump_n_sample=self.jump_n_sample, eta=self.eta,
+                               learned=self.learned)
         return paste_back(images, masks, tensor_to_images(x))
 
-    def _sample(self, x: Any, known: Any, keep: Any, gens: list[Any]) -> Any:
-        import torch
 
-        from .torch_common import run_network
+def uses_learned_variance(name: str, model: str, variance: str, config: Any) -> bool:
+    """Whether :func:`repaint_sample` takes ADM's learned-range steps for a UNet with ``config``.
 
-        sched = self.scheduler
-        sched.set_timesteps(self.steps, self.jump_length, self.jump_n_sample)  # on the CPU: plain ints
-        sched.eta = self.eta
-        timesteps = [int(t) for t in sched.timesteps]
-        t_last = timesteps[0] + 1
-        for t in timesteps:
-            if t < t_last:
-                stamp = torch.full((x.shape[0],), t, device=self.device, dtype=torch.long)
-                out = run_network(self.unet, self.dtype, x, stamp)
-                if self.learned:
-                    x = self._learned_step(out, t, x, known, keep, gens)
-                else:
-                    x = sched.step(out[:, : self.channels], t, x, known, keep, gens).prev_sample
+    ``variance`` is the recipe's: ``auto`` = learned when the UNet outputs twice its input channels
+    (epsilon + ``v``), ``fixed`` never, ``learned`` always (a ValueError for a UNet without ``v``).
+    """
+    learned = config.out_channels == 2 * config.in_channels
+    if variance == "learned" and not learned:
+        raise ValueError(f"{name}: variance 'learned' needs a model with {2 * config.in_channels} output"
+                         f" channels; {model!r} has {config.out_channels}")
+    return learned and variance != "fixed"
+
+
+def repaint_sample(unet: Any, dtype: Any, scheduler: Any, x: Any, known: Any, keep: Any, gens: list[Any], *,
+                   steps: int, jump_length: int, jump_n_sample: int, eta: float, learned: bool) -> Any:
+    """RePaint's reverse process from ``x`` (``x_T``) to ``x_0``: the loop ``repaint`` runs on pixels and
+    ``repaint-ldm`` on latents, the one place it is written.
+
+    ``scheduler`` is a ``RePaintScheduler`` (its betas are the model's); ``known`` the real image (or
+    its latent), ``keep`` 1 where it is kept (RePaint's polarity), both shaped like ``x``; sample
+    ``b``'s every noise draw comes from ``gens[b]``. ``learned``: ``unet`` outputs epsilon and ADM's
+    ``v`` (twice ``x``'s channels) and each reverse step is ADM's learned-range step (module
+    docstring); otherwise the scheduler's own DDIM-form step with ``eta`` on the first ``x.shape[1]``
+    output channels. The undo (forward jump) steps are the scheduler's ``undo_step``.
+    """
+    import torch
+
+    from .torch_common import run_network
+
+    channels = x.shape[1]
+    scheduler.set_timesteps(steps, jump_length, jump_n_sample)  # on the CPU: plain ints
+    scheduler.eta = eta
+    timesteps = [int(t) for t in scheduler.timesteps]
+    t_last = timesteps[0] + 1
+    for t in timesteps:
+        if t < t_last:
+            stamp = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            out = run_network(unet, dtype, x, stamp)
+            if learned:
+                x = _learned_step(scheduler, out, t, x, known, keep, gens)
             else:
-                x = sched.undo_step(x, t_last, gens)
-            t_last = t
-        return x
-
-    def _learned_step(self, out: Any, t: int, x: Any, known: Any, keep: Any, gens: list[Any]) -> Any:
-        """One reverse step with ADM's learned-range variance (see the module docstring)."""
-        import torch
-
-        from .torch_common import per_sample_randn
-
-        sched = self.scheduler
-        prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
-        a_t = float(sched.alphas_cumprod[t])
-        a_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else 1.0
-        beta = 1.0 - a_t / a_prev
-        eps, v = out[:, : self.channels], out[:, self.channels :]
-        x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
-        if sched.config.clip_sample:
-            x0 = x0.clamp(-1.0, 1.0)
-        mean = (beta * math.sqrt(a_prev) / (1.0 - a_t)) * x0 + ((1.0 - a_prev) * math.sqrt(1.0 - beta) / (1.0 - a_t)) * x
-        noise = per_sample_randn(gens, x.shape[1:], self.device)
-        if prev >= 0:
-            posterior = beta * (1.0 - a_prev) / (1.0 - a_t)
-            if posterior <= 0.0:  # a first step of length 1: ADM clips to the next posterior variance
-                posterior = beta
-            frac = (v.clamp(-1.0, 1.0) + 1.0) / 2.0
-            log_var = frac * math.log(beta) + (1.0 - frac) * math.log(posterior)
-            unknown = mean + torch.exp(0.5 * log_var) * noise
+                x = scheduler.step(out[:, :channels], t, x, known, keep, gens).prev_sample
         else:
-            unknown = mean
-        fresh = per_sample_randn(gens, x.shape[1:], self.device)
-        known_part = math.sqrt(a_prev) * known + math.sqrt(1.0 - a_prev) * fresh
-        return keep * known_part + (1.0 - keep) * unknown
+            x = scheduler.undo_step(x, t_last, gens)
+        t_last = t
+    return x
+
+
+def _learned_step(sched: Any, out: Any, t: int, x: Any, known: Any, keep: Any, gens: list[Any]) -> Any:
+    """One reverse step with ADM's learned-range variance (see the module docstring)."""
+    import torch
+
+    from .torch_common import per_sample_randn
+
+    channels = x.shape[1]
+    prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+    a_t = float(sched.alphas_cumprod[t])
+    a_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else 1.0
+    beta = 1.0 - a_t / a_prev
+    eps, v = out[:, :channels], out[:, channels:]
+    x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+    if sched.config.clip_sample:
+        x0 = x0.clamp(-1.0, 1.0)
+    mean = (beta * math.sqrt(a_prev) / (1.0 - a_t)) * x0 + ((1.0 - a_prev) * math.sqrt(1.0 - beta) / (1.0 - a_t)) * x
+    noise = per_sample_randn(gens, x.shape[1:], x.device)
+    if prev >= 0:
+        posterior = beta * (1.0 - a_prev) / (1.0 - a_t)
+        if posterior <= 0.0:  # a first step of length 1: ADM clips to the next posterior variance
+            posterior = beta
+        frac = (v.clamp(-1.0, 1.0) + 1.0) / 2.0
+        log_var = frac * math.log(beta) + (1.0 - frac) * math.log(posterior)
+        unknown = mean + torch.exp(0.5 * log_var) * noise
+    else:
+        unknown = mean
+    fresh = per_sample_randn(gens, x.shape[1:], x.device)
+    known_part = math.sqrt(a_prev) * known + math.sqrt(1.0 - a_prev) * fresh
+    return keep * known_part + (1.0 - keep) * unknown
 
 
 def _scheduler(cls: Any, location: str, subfolder: str | None) -> tuple[Any, str]:
@@ -236,7 +257,9 @@ def _scheduler(cls: Any, location: str, subfolder: str | None) -> tuple[Any, str
     return cls(), "default (linear, 1000 steps)"
 
 
-def _check_inputs(name: str, images: list[np.ndarray], masks: list[np.ndarray], down: int) -> None:
+def check_inputs(name: str, images: list[np.ndarray], masks: list[np.ndarray], down: int) -> None:
+    """Refuse a batch the torch generators cannot take: not uint8 RGB, mixed sizes, a mask of another
+    size (ValueError: a bug upstream), or sides not a multiple of ``down`` (a recipe the user fixes)."""
     shape = images[0].shape
     for image, mask in zip(images, masks):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

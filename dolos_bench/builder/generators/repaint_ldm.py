@@ -2,7 +2,7 @@
 
 The model is a diffusers LDM folder or hub id: an autoencoder (``vqvae/`` VQModel or ``vae/``
 AutoencoderKL), ``unet/`` (an unconditional ``UNet2DModel`` over the latent) and ``scheduler/``,
-e.g. ``CompVis/ldm-celebahq-256``. Sampling is :class:`~.repaint.RePaintGenerator`'s own loop
+e.g. ``CompVis/ldm-celebahq-256``. Sampling is ``repaint``'s own loop (:func:`.repaint.repaint_sample`)
 (diffusers' ``RePaintScheduler``, the paper's 250 steps, jump length 10, 10 resamplings, every
 noise draw from the sample's generator), run on latents instead of pixels:
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from dolos_bench.utils.numbers import number
 
-from .repaint import RePaintGenerator
+from .repaint import RePaintGenerator, check_inputs, repaint_sample, uses_learned_variance
 
 __all__ = ["RePaintLDMGenerator"]
 
@@ -83,26 +83,21 @@ class RePaintLDMGenerator(RePaintGenerator):
             return
         from diffusers import RePaintScheduler, UNet2DModel
 
-        from .latent_common import load_autoencoder, to_device, unet_factor
-        from .torch_common import WeightsError, choose_device, load_pretrained, resolve_location, weights_identity
+        from .latent_common import load_autoencoder, unet_factor
+        from .torch_common import WeightsError, choose_device, load_model, resolve_location, weights_identity
 
         self.device, self.dtype = choose_device(device, self.precision, self.name)  # type: ignore[arg-type]
         location = resolve_location(self.model, generator=self.name, hint=WHERE)
         self.vae = load_autoencoder(location, self.device, self.dtype, generator=self.name, hint=WHERE)
-        unet = load_pretrained(UNet2DModel, location, generator=self.name, hint=WHERE,
-                               subfolder=self.subfolder or "unet")
-        unet = to_device(unet, self.device, self.dtype)
+        unet = load_model(UNet2DModel, location, self.device, self.dtype, generator=self.name, hint=WHERE,
+                          subfolder=self.subfolder or "unet")
         cfg = unet.config
         self.channels = int(cfg.in_channels)
         if self.channels != self.vae.channels or cfg.out_channels not in (self.channels, 2 * self.channels):
             raise WeightsError(f"{self.name}: the UNet of {self.model!r} maps {cfg.in_channels} to"
                                f" {cfg.out_channels} channels, the autoencoder's latent has {self.vae.channels};"
                                f" expected an unconditional UNet over that latent; expected {WHERE}")
-        learned = cfg.out_channels == 2 * self.channels
-        if self.variance == "learned" and not learned:
-            raise ValueError(f"{self.name}: variance 'learned' needs a UNet with {2 * self.channels} output"
-                             f" channels; {self.model!r} has {cfg.out_channels}")
-        self.learned = learned and self.variance != "fixed"
+        self.learned = uses_learned_variance(self.name, self.model, self.variance, cfg)
         self.unet = unet
         if not Path(location, "scheduler", "scheduler_config.json").is_file():
             self.scheduler, self.schedule_from = RePaintScheduler(**LDM_SCHEDULE), "default (CompVis face LDMs)"
@@ -130,7 +125,6 @@ class RePaintLDMGenerator(RePaintGenerator):
         import torch
 
         from .latent_common import latent_mask, pad_to
-        from .repaint import _check_inputs
         from .torch_common import images_to_tensor, masks_to_tensor, paste_back, per_sample_randn, tensor_to_images
         from .torch_common import torch_generators
 
@@ -138,7 +132,7 @@ class RePaintLDMGenerator(RePaintGenerator):
             return []
         if self._device_name is None:
             self.setup("cpu")
-        _check_inputs(self.name, images, masks, 1)
+        check_inputs(self.name, images, masks, 1)
         height, width = images[0].shape[:2]
         gens = torch_generators(rngs)
         with torch.inference_mode():
@@ -146,7 +140,9 @@ class RePaintLDMGenerator(RePaintGenerator):
             known = self.vae.encode(x)
             keep = 1.0 - latent_mask(m, self.vae.factor, self.mask_coverage)  # RePaint's polarity: 1 = keep
             z = per_sample_randn(gens, known.shape[1:], self.device)
-            z = self._sample(z, known, keep, gens)
+            z = repaint_sample(self.unet, self.dtype, self.scheduler, z, known, keep, gens, steps=self.steps,
+                               jump_length=self.jump_length, jump_n_sample=self.jump_n_sample, eta=self.eta,
+                               learned=self.learned)
             out = self.vae.decode(z)[..., :height, :width]
         made = tensor_to_images(out)
         return paste_back(images, masks, made) if self.variant == "paste" else made

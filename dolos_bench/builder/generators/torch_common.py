@@ -11,8 +11,8 @@ A learned generator follows one shape (see ``repaint.py``, the first of them)::
             precision: Precision = "auto"
         def setup(self, device):            # once per worker, before any sample
             self.device, self.dtype = choose_device(device, self.precision, self.name)
-            self.unet = load_pretrained(UNet2DModel, self.model, generator=self.name,
-                                        hint="a diffusers UNet2DModel folder")
+            self.unet = load_model(UNet2DModel, self.model, self.device, self.dtype, generator=self.name,
+                                   hint="a diffusers UNet2DModel folder")  # dtype set at load, never cast
             self.weights = weights_identity(self.model)       # {"model": ..., "sha256": ...}
         def inpaint_batch(self, images, masks, rngs):
             gens = torch_generators(rngs)   # one torch.Generator per sample, from its numpy rng
@@ -41,9 +41,13 @@ Why each piece is here:
   (CPU kernels are not bit-exact across batch sizes) and as one batch on CUDA.
 * **Errors before any sample.** The build checks every ``weight_params`` value first
   (:func:`dolos_bench.weights.check_stage_weights`); ``setup`` then loads, and
-  :func:`load_pretrained` turns a missing folder, a Hub id not in the local cache, a catalogue
-  name not fetched or a folder of the wrong kind into one :class:`WeightsError` line naming the
-  generator, the value and where to get it. Declare ``weight_params = {"model": "folder"}``.
+  :func:`load_pretrained` (which :func:`load_model` calls) turns a missing folder, a Hub id not in
+  the local cache, a catalogue name not fetched or a folder of the wrong kind into one
+  :class:`WeightsError` line naming the generator, the value and where to get it. Declare
+  ``weight_params = {"model": "folder"}``.
+* **Dtype.** :func:`load_model` gives the dtype to ``from_pretrained``; no module is cast with
+  ``.to(dtype)`` afterwards, which diffusers answers with a "should be kept in float32" warning
+  every time, even for float32.
 * **Provenance.** :func:`weights_identity` hashes the model's files (a local folder, or the hub
   snapshot in the local cache) so each sample's ``generator_config`` names the exact weights.
 
@@ -66,7 +70,8 @@ from dolos_bench.weights import WeightsError, resolve_weights
 __all__ = [
     "Precision", "WeightsError", "DeviceError", "choose_device", "images_to_tensor", "masks_to_tensor",
     "tensor_to_images", "paste_back", "torch_generators", "per_sample_randn",
-    "resolve_location", "load_pretrained", "weights_identity", "model_dtype_call", "run_network",
+    "resolve_location", "load_pretrained", "load_model", "weights_identity", "runtime_identity", "model_dtype_call",
+    "run_network",
 ]
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -238,6 +243,19 @@ def load_pretrained(cls: Any, location: str, *, generator: str, hint: str, subfo
         raise WeightsError(f"{generator}: cannot load a {cls.__name__} from {what!r} ({reason}); expected {hint}") from None
 
 
+def load_model(cls: Any, location: str, device: torch.device, dtype: torch.dtype, *, generator: str, hint: str,
+               subfolder: str | None = None) -> Any:
+    """:func:`load_pretrained` in ``dtype``, on ``device``, in eval mode: how every learned generator loads a network.
+
+    The dtype is set while loading (``torch_dtype``), never by casting the module afterwards:
+    diffusers' ``ModelMixin.to(dtype)`` logs "should be kept in float32" on every call, even a
+    float32-to-float32 one, and ``from_pretrained`` is where it wants the dtype. The weights end up
+    the same as a load followed by a cast (float32 on the CPU: the file's own bytes).
+    """
+    module = load_pretrained(cls, location, generator=generator, hint=hint, subfolder=subfolder, torch_dtype=dtype)
+    return module.to(device).eval()
+
+
 @lru_cache(maxsize=32)
 def _hash_location(location: str) -> str:
     return sha256_path(resolve_weights(location, stage="weights", expect="any").path)
@@ -252,3 +270,12 @@ def weights_identity(location: str) -> dict[str, str]:
     multi-GB model once.
     """
     return {"model": str(location), "sha256": _hash_location(str(location))}
+
+
+def runtime_identity(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """What a sample's ``generator_config`` records of how the network ran: precision, device type and
+    the diffusers / torch versions (a CUDA build's pixels are not promised across these)."""
+    import diffusers
+
+    return {"precision": str(dtype).removeprefix("torch."), "device": device.type,
+            "diffusers": diffusers.__version__, "torch": torch.__version__}
