@@ -193,13 +193,16 @@ def timed(cls: type[Generator]) -> type[Generator]:
 
     class Timed(cls):  # type: ignore[misc, valid-type]
         spent: ClassVar[float] = 0.0
+        calls: ClassVar[list[tuple[float, float]]] = []
 
         def inpaint_batch(self, *args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
                 return super().inpaint_batch(*args, **kwargs)
             finally:
-                Timed.spent += time.perf_counter() - start
+                end = time.perf_counter()
+                Timed.spent += end - start
+                Timed.calls.append((start, end))
 
     Timed.__name__ = f"Timed{cls.__name__}"
     return Timed
@@ -247,42 +250,55 @@ def idle_breakdown(calls: list[tuple[float, float]], start: float, end: float) -
     return f"   (before first call {calls[0][0] - start:.2f} s, between calls {gaps:.2f} s, after last {end - calls[-1][1]:.2f} s)"
 
 
-def overhead(root: Path, images: int, shard_size: int, workers: list[int], cost: float, real: str | None) -> None:
+def planning_seconds(recipe: Any) -> float:
+    """The build's planning pass alone, in this process: every source decoded once (and checked)."""
+    from dolos_bench.builder.plan import build_sources, make_plan
+
+    start = time.perf_counter()
+    make_plan(recipe, build_sources(recipe))
+    return time.perf_counter() - start
+
+
+def overhead(root: Path, images: int, shard_size: int, workers: list[int], cost: float, real: str | None,
+             real_images: int, real_steps: int | None) -> None:
     """Print build seconds, generator seconds and the overhead share for the stand-in and a real model."""
-    source = make_image_folder(root / "src", n=images, size=(300, 280))
-    fakes = images
-    runs: list[tuple[str, type[Generator], dict[str, Any]]] = [("bench-sleep", SleepStandIn, {"cost": cost})]
+    runs: list[tuple[str, type[Generator], dict[str, Any], int]] = [("bench-sleep", SleepStandIn, {"cost": cost}, images)]
     if real:
         params = tiny_params(real, root / f"tiny-{real}")
         if params is not None:
-            runs.append((f"bench-timed-{real}", timed(GENERATORS.get(real)), params))
-    print(f"\n== pipeline overhead: {images} sources + {fakes} fakes at 256², shard_size {shard_size}, "
+            if real_steps is not None and "steps" in params:
+                params["steps"] = real_steps
+            runs.append((f"bench-timed-{real}", timed(GENERATORS.get(real)), params, real_images))
+    print(f"\n== pipeline overhead: N sources + N fakes at 256², shard_size {shard_size}, "
           "generator in its own inpaint pool on cpu ==")
-    print(f"  {'generator':<24} {'workers':>7} {'build s':>8} {'model s':>8} {'overhead s':>10} "
+    print(f"  {'generator':<34} {'workers':>7} {'build s':>8} {'model s':>8} {'overhead s':>10} "
           f"{'share of build':>14} {'added to model':>14}")
     n = 0
-    for name, cls, params in runs:
+    for name, cls, params, count in runs:
+        source = make_image_folder(root / f"src{count}", n=count, size=(300, 280))
+        shown = {k: v for k, v in params.items() if k not in ("model", "weights")}
+        print(f"  -- {name} {shown}, N = {count}: planning alone (each source"
+              f" decoded once) {planning_seconds(build_recipe(source, {'type': 'telea'}, shard_size)):.2f} s")
         with registered(name, cls):
             if cls is SleepStandIn:  # what the pipeline must hide: the CPU stages alone, then serially with the model
                 free = build_recipe(source, {"type": name, "cost": 0.0}, shard_size)
                 for w in workers:
                     n += 1
-                    print(f"  {'(cpu stages, cost 0)':<24} {w:>7} {timed_build(free, root / f'o{n}', workers=w, own_pool=True)[0]:8.2f}")
+                    print(f"  {'(cpu stages, cost 0)':<34} {w:>7} {timed_build(free, root / f'o{n}', workers=w, own_pool=True)[0]:8.2f}")
             recipe = build_recipe(source, {"type": name, **params}, shard_size)
             n += 1
-            cls.spent = 0.0  # type: ignore[attr-defined]
+            cls.spent, cls.calls = 0.0, []  # type: ignore[attr-defined]
             serial = timed_build(recipe, root / f"o{n}", workers=1, own_pool=False)[0]
-            print(f"  {name + ' (serial)':<24} {1:>7} {serial:8.2f} {cls.spent:8.2f}")  # type: ignore[attr-defined]
+            print(f"  {name + ' (serial)':<34} {1:>7} {serial:8.2f} {cls.spent:8.2f}")  # type: ignore[attr-defined]
             for w in workers:
                 n += 1
-                cls.spent = 0.0  # type: ignore[attr-defined]
-                SleepStandIn.calls = []
+                cls.spent, cls.calls = 0.0, []  # type: ignore[attr-defined]
                 seconds, start, end = timed_build(recipe, root / f"o{n}", workers=w, own_pool=True)
                 model = cls.spent  # type: ignore[attr-defined]
                 extra = seconds - model
-                print(f"  {name:<24} {w:>7} {seconds:8.2f} {model:8.2f} {extra:10.2f} "
+                print(f"  {name:<34} {w:>7} {seconds:8.2f} {model:8.2f} {extra:10.2f} "
                       f"{100 * extra / seconds:13.1f}% {100 * extra / model:13.1f}%"
-                      + (idle_breakdown(SleepStandIn.calls, start, end) if cls is SleepStandIn else ""), flush=True)
+                      + idle_breakdown(cls.calls, start, end), flush=True)  # type: ignore[attr-defined]
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -299,10 +315,12 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--images", type=int, default=64, help="sources of the overhead builds (one fake each)")
-    parser.add_argument("--shard-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cost", type=float, default=0.1, help="seconds per image of the sleeping stand-in")
     parser.add_argument("--real", default="ldm-inpaint", help="tiny real generator of the overhead builds ('' for none)")
+    parser.add_argument("--real-images", type=int, default=32, help="sources of the real generator's overhead builds")
+    parser.add_argument("--real-steps", type=int, default=1, help="its sampling steps (0: the fixture's)")
     args = parser.parse_args()
 
     import torch
@@ -330,7 +348,8 @@ def main() -> None:
                     measure(name, make(), size=256, batches=args.batches, device=args.device,
                             min_seconds=args.min_seconds, label=label)
         if not args.skip_overhead:
-            overhead(root, args.images, args.shard_size, args.workers, args.cost, args.real or None)
+            overhead(root, args.images, args.shard_size, args.workers, args.cost, args.real or None,
+                     args.real_images, args.real_steps or None)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Finds every registered localizer that names a TrainTask (the ``dolos_bench.local
 points, so every baseline of the project and any installed plug-in is measured), builds its task
 with its default ``model:`` config for each supervision it supports, and times what the trainer
 does per step on a synthetic batch (random images, one forged box per fake): forward, the task's
-loss, backward, an Adam step. The first ``--warmup`` steps are not timed (allocator, cudnn
+loss, backward, an Adam step. A model that cannot take ``--size`` (an HRNet needs a multiple of 32)
+is measured at its own input size, and the line says so. The first ``--warmup`` steps are not timed (allocator, cudnn
 autotune). Data loading is not included: it is the same for every model and overlaps the step
 when DataLoader workers are used.
 """
@@ -66,6 +67,23 @@ def measure(task: Any, *, size: int, batch: int, steps: int, warmup: int, device
     return steps * batch / (time.perf_counter() - start)
 
 
+def checkout_entries() -> dict[str, str]:
+    """``name -> module:Class`` of this checkout's pyproject localizer entry points.
+
+    So that a checkout measures its own baselines even when the installed package metadata was
+    written before some of them were added (an editable install is not re-run for every entry).
+    """
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(data.get("project", {}).get("entry-points", {}).get("dolos_bench.localizers", {}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=299, help="input size (default: the paper's 299)")
@@ -83,7 +101,15 @@ def main(argv: list[str] | None = None) -> None:
     from dolos_bench.train.localizer import trainable_names, trainable_task
 
     torch.set_num_threads(args.threads)
-    names = args.model or trainable_names()
+    if args.model:
+        names = args.model
+    else:
+        from dolos_bench.registry import LOCALIZERS
+
+        for name, target in checkout_entries().items():
+            if name not in LOCALIZERS:
+                LOCALIZERS.add_lazy(name, target)
+        names = trainable_names()
     where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
     print(f"training step, {args.size}x{args.size}, batch {args.batch}, {where}, torch {torch.__version__}")
     print(f"{'baseline':<40} {'supervision':<12} {'params':>10} {'images/s':>9} {'s/step':>7}")
@@ -96,15 +122,24 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<40} cannot be loaded: {str(exc).splitlines()[0]}")
             continue
         for supervision in task_cls.supervisions:
+            note = ""
             try:
                 task = task_cls(task_cls.Config(), supervision)
                 params = sum(p.numel() for p in task.build_model().parameters())
-                rate = measure(task, size=args.size, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                               device=args.device)
+                try:
+                    rate = measure(task, size=args.size, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                                   device=args.device)
+                except RuntimeError as exc:  # e.g. an HRNet whose grid needs a multiple of 32: its own size
+                    own = int(task_cls.input_size)
+                    if own == args.size:
+                        raise
+                    note = f"  (at its input size {own}: {args.size} fails: {str(exc).splitlines()[0][:60]})"
+                    rate = measure(task, size=own, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                                   device=args.device)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 print(f"{name:<40} {supervision:<12} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
                 continue
-            print(f"{name:<40} {supervision:<12} {params / 1e6:>9.2f}M {rate:>9.2f} {args.batch / rate:>7.2f}")
+            print(f"{name:<40} {supervision:<12} {params / 1e6:>9.2f}M {rate:>9.2f} {args.batch / rate:>7.2f}{note}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ pytest.importorskip("timm")
 pytest.importorskip("hdbscan")
 pytest.importorskip("accelerate")
 
-from dolos_baselines.focal.localizer import FocalLocalizer  # noqa: E402
+from dolos_baselines.focal.localizer import FocalLocalizer, FocalOptionError  # noqa: E402
 from dolos_baselines.focal.loss import image_info_nce, info_nce  # noqa: E402
 from dolos_baselines.focal.task import FocalConfig, FocalTask  # noqa: E402
 from dolos_baselines.mpc import MPCConfig, MPCLocalizer, MPCTask  # noqa: E402
@@ -217,7 +217,7 @@ def test_focal_fuses_two_runs_on_the_first_grid(dataset: Path, tmp_path: Path) -
     out = fused.predict(images)
     assert [m.shape for m in out.maps] == [(8, 8), (8, 8)]
     assert fused.identity()["fused"][0]["weights_sha256"] is not None
-    with pytest.raises(Exception, match="unknown clustering method"):
+    with pytest.raises(FocalOptionError, match="unknown clustering method"):
         FocalLocalizer(weights=str(hrnet), clustering="spectral")
 
 

@@ -56,15 +56,13 @@ below 0.5 everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 __all__ = ["METHODS", "RULES", "DEFAULT_RULES", "Clustering", "check_settings", "cluster", "forged_mask", "labels_to_mask",
            "score_map"]
 
-Method = Literal["hdbscan", "hdbscan-fast", "kmeans"]
-Rule = Literal["largest-pristine", "minority-forged"]
 METHODS: tuple[str, ...] = ("hdbscan-fast", "hdbscan", "kmeans")
 RULES: tuple[str, ...] = ("largest-pristine", "minority-forged")
 DEFAULT_RULES: dict[str, str] = {"hdbscan": "largest-pristine", "hdbscan-fast": "largest-pristine", "kmeans": "minority-forged"}

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dolos_bench.errors import UserError
 from dolos_bench.eval.api import LocalizerOutput
 from dolos_bench.eval.localizers import resize_input
 from dolos_bench.train.localizer import TrainedLocalizer
@@ -26,7 +27,11 @@ from dolos_bench.train.localizer import TrainedLocalizer
 from .clustering import check_settings
 from .task import ClusterSettings, FocalTask
 
-__all__ = ["FocalLocalizer"]
+__all__ = ["FocalLocalizer", "FocalOptionError"]
+
+
+class FocalOptionError(UserError, ValueError):
+    """A clustering or fusion option that FOCAL does not take (``--model-arg``)."""
 
 _CLUSTER_OPTIONS = ("min_cluster_size", "min_samples", "max_points", "seed")
 
@@ -54,8 +59,11 @@ class FocalLocalizer(TrainedLocalizer):
                  batch: int = 16, clustering: str = "hdbscan-fast", rule: str | None = None,
                  fuse: Any = None, **model_args: Any) -> None:
         cluster_options = {k: model_args.pop(k) for k in _CLUSTER_OPTIONS if k in model_args}
-        check_settings(clustering, rule, cluster_options)
-        runs = _run_list(fuse)
+        try:
+            check_settings(clustering, rule, cluster_options)
+            runs = _run_list(fuse)
+        except ValueError as exc:
+            raise FocalOptionError(f"focal: {exc}") from exc
         if weights is None and runs:
             weights, runs = runs[0], runs[1:]
         super().__init__(device=device, weights=weights, supervision=supervision, batch=batch, **model_args)

@@ -106,7 +106,8 @@ class InpaintArch:
         return [2**level in self.attention_resolutions for level in range(len(self.channel_mult))]
 
     def heads(self, channels: int) -> int:
-        return channels // self.num_head_channels if self.num_head_channels > 0 else self.num_heads
+        """Heads of an attention layer over ``channels`` (the layout's rule, :meth:`.UNetLayout.heads`)."""
+        return unet_layout(self).heads(channels)
 
 
 # -- target configurations ---------------------------------------------------------------------------
