@@ -386,3 +386,19 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_same_command_resumes(dataset: Path, t
     assert done.returncode == 0, done.stderr
     assert f"resumed at step {step}" in done.stdout
     assert json.loads((out / "config.json").read_text())["status"] == "finished"
+
+
+def test_validation_scores_exactly_the_kept_rows(dataset: Path) -> None:
+    from dolos_bench.train.data import IndexedSplit, load_rows
+
+    every = load_rows(str(dataset), "train")
+    assert every.kept_split() is every.split
+    fakes = load_rows(str(dataset), "train", include="fakes")
+    view = fakes.kept_split()
+    assert isinstance(view, IndexedSplit) and len(view) == len(fakes) == 8
+    assert view.column("id") == fakes.ids
+    batched = [sample_id for batch in view.batches(3) for sample_id in batch["id"]]
+    assert batched == fakes.ids and all(label == 1 for b in view.batches(5) for label in b["label"])
+    assert view.select(2, 4).column("id") == fakes.ids[2:4]
+    first = load_rows(str(dataset), "train", limit=5)
+    assert first.kept_split().column("id") == first.ids

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -31,7 +31,7 @@ from ..seeding import rng_for
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TrainDataError", "TrainRows", "load_rows", "decode_mask", "StreamDataset", "stream_positions"]
+__all__ = ["IndexedSplit", "TrainDataError", "TrainRows", "load_rows", "decode_mask", "StreamDataset", "stream_positions"]
 
 _FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -72,9 +72,49 @@ class TrainRows:
     images: list[Any]
     masks: list[Any] | None
     split: Split
+    indices: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def kept_split(self) -> Split:
+        """The split restricted to exactly these rows, in order: what validation scores."""
+        n = len(self.indices)
+        if self.indices == tuple(range(n)):
+            return self.split if n == len(self.split) else self.split.select(0, n)
+        return IndexedSplit(self.split, self.indices)
+
+
+class IndexedSplit:
+    """Some rows of a split, by index (a generator or label filter): the reader's Split interface."""
+
+    def __init__(self, base: Split, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, tuple(int(i) for i in indices)
+        self.origin = base.origin
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def column(self, name: str) -> list[Any]:
+        values = self.base.column(name)
+        return [values[i] for i in self.indices]
+
+    def select(self, start: int, stop: int) -> "IndexedSplit":
+        return IndexedSplit(self.base, self.indices[start:stop])
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, list[Any]]]:
+        wanted, position, pending = set(self.indices), 0, {}
+        for batch in self.base.batches(batch_size):
+            n = len(next(iter(batch.values())))
+            keep = [k for k in range(n) if position + k in wanted]
+            position += n
+            for key, values in batch.items():
+                pending.setdefault(key, []).extend(values[k] for k in keep)
+            while pending and len(next(iter(pending.values()))) >= batch_size:
+                yield {k: v[:batch_size] for k, v in pending.items()}
+                pending = {k: v[batch_size:] for k, v in pending.items()}
+        if pending and next(iter(pending.values())):
+            yield pending
 
 
 def load_rows(data: str, split_name: str, *, include: str = "all", limit: int | None = None,
@@ -113,7 +153,8 @@ def load_rows(data: str, split_name: str, *, include: str = "all", limit: int | 
     masks = split.column("mask") if "mask" in columns else None
     rows = TrainRows(
         ids=[str(ids[i]) for i in keep], labels=labels[keep], images=[images[i] for i in keep],
-        masks=None if masks is None else [masks[i] for i in keep], split=split)
+        masks=None if masks is None else [masks[i] for i in keep], split=split,
+        indices=tuple(int(i) for i in keep))
     if need_masks:
         assert rows.masks is not None
         fakes = [m for m, y in zip(rows.masks, rows.labels) if y == 1]

@@ -406,8 +406,7 @@ def _validate(task: TrainTask, model: "torch.nn.Module", rows: Any, recipe: Trai
         numbers: dict[str, float] = {LOSS_METRIC: total / max(count, 1)}
         if rows.masks is not None:
             localizer = TrainedLocalizer.from_model(task, model, str(acc.device), size)
-            split = rows.split.select(0, len(rows)) if recipe.data.validation_limit else rows.split
-            metrics = score_split(localizer, split, get_protocol("default"), batch_size=bs).compute(bootstrap=0)["metrics"]
+            metrics = score_split(localizer, rows.kept_split(), get_protocol("default"), batch_size=bs).compute(bootstrap=0)["metrics"]
             for name, entry in metrics.items():
                 if isinstance(entry, dict) and entry.get("value") is not None:
                     numbers[name] = float(entry["value"])
