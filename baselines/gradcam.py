@@ -9,8 +9,10 @@ et al., ICCV 2017, through the ``grad-cam`` package (pytorch-grad-cam) that the 
   (19x19 at 299): the package weights block 11's activations by their spatially averaged
   gradients, sums over channels, applies ReLU, **min-max normalises each image's map to [0, 1]**
   (``(m - min) / (max - min + 1e-7)``) and resizes it bilinearly to the input size. So every
-  image's map reaches about 1 somewhere -- even a real image's: at threshold 0.5 Grad-CAM always
-  marks a region. ``cam_scale: minmax-times-score`` (ours, not the paper's) multiplies the map by
+  image's map that is positive anywhere reaches about 1 somewhere -- even a real image's: at
+  threshold 0.5 Grad-CAM then marks a region (a map that the ReLU zeroes everywhere stays 0).
+  The Dolos code divides once more by the map's maximum and thresholds at 0.5 (see
+  ``docs/baselines/gradcam.md``). ``cam_scale: minmax-times-score`` (ours, not the paper's) multiplies the map by
   the image's fake probability so that confident reals score low everywhere.
   Image score: the softmax fake probability (scores must lie in [0, 1]; the paper ranked by the
   fake logit alone, a 2-way softmax ranks by the logit difference).

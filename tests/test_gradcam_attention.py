@@ -4,10 +4,11 @@ A few steps on a tiny synthetic task lower the loss; an over-fit run through ``b
 ``bench eval`` localizes; a saved run predicts exactly what the trained network does; the
 networks have the paper's map sizes at 299; pretrained weights come from timm or a local file.
 
-The synthetic task (64x64, so that the Xception's 4x4 map grid lines up with the masks): three
-smooth textured base images as reals, and for each base four fakes whose top, bottom, left or
-right half carries strong pixel noise (the mask). Every fake's base is also a real, so an image
-label can only be explained by the noisy half: weak supervision has something to localize.
+The synthetic task (64x64, so that the Xception's 4x4 map grid lines up with the masks; 160x160,
+a 10x10 grid, for weakly supervised Attention): three smooth textured base images as reals, and
+for each base four fakes whose top, bottom, left or right half carries strong pixel noise (the
+mask). Every fake's base is also a real, so an image label can only be explained by the noisy
+half: weak supervision has something to localize.
 """
 
 from __future__ import annotations
@@ -51,25 +52,25 @@ def ensure_registered() -> None:
             LOCALIZERS.add_lazy(name, target)
 
 
-def halves(index: int) -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), bool)
-    half = SIZE // 2
+def halves(index: int, size: int = SIZE) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    half = size // 2
     [mask[:half], mask[half:], mask[:, :half], mask[:, half:]][index][...] = True
     return mask
 
 
-def synthetic(bases: int = 3) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+def synthetic(bases: int = 3, size: int = SIZE) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """(images, masks, labels): each base as a real, then its four noisy-half fakes."""
     rng = np.random.default_rng(0)
     images, masks, labels = [], [], []
     for b in range(bases):
-        base = textured_image(b, (SIZE, SIZE)).astype(np.int16)
+        base = textured_image(b, (size, size)).astype(np.int16)
         images.append(base.astype(np.uint8))
-        masks.append(np.zeros((SIZE, SIZE), bool))
+        masks.append(np.zeros((size, size), bool))
         labels.append(0)
         for q in range(4):
-            mask = halves(q)
-            noise = rng.integers(-40, 41, (SIZE, SIZE, 3)) * mask[..., None]
+            mask = halves(q, size)
+            noise = rng.integers(-40, 41, (size, size, 3)) * mask[..., None]
             images.append(np.clip(base + noise, 0, 255).astype(np.uint8))
             masks.append(mask)
             labels.append(1)
@@ -82,12 +83,10 @@ def as_batch(images: list[np.ndarray], masks: list[np.ndarray], labels: list[int
                  [str(i) for i in range(len(labels))])
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def import_synthetic(root: Path, size: int) -> Path:
     """The synthetic task as a verified dataset (a Dolos layout through ``bench import``); test = train images."""
-    root = tmp_path_factory.mktemp("gca")
     layout = root / "layout"
-    images, masks, labels = synthetic()
+    images, masks, labels = synthetic(size=size)
     for split in ("train", "test"):
         for i, (image, mask, label) in enumerate(zip(images, masks, labels)):
             key = f"{split}-{i:02d}.png"
@@ -104,6 +103,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = CliRunner().invoke(main, ["import", str(layout), "--format", "dolos", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return import_synthetic(tmp_path_factory.mktemp("gca"), SIZE)
+
+
+@pytest.fixture(scope="module")
+def dataset_160(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return import_synthetic(tmp_path_factory.mktemp("gca160"), 160)
 
 
 # -- the networks ----------------------------------------------------------------------------------
@@ -226,12 +235,13 @@ def test_registered_in_the_entry_point_group() -> None:
         assert LOCALIZERS.get(name).task is task_cls
 
 
-def train_and_eval(dataset: Path, tmp_path: Path, name: str, supervision: str, steps: int) -> tuple[Path, dict]:
+def train_and_eval(dataset: Path, tmp_path: Path, name: str, supervision: str, steps: int,
+                   size: int = SIZE) -> tuple[Path, dict]:
     ensure_registered()
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": f"overfit-{name}-{supervision}", "seed": 0, "supervision": supervision,
-        "model": {"bn_momentum": 1.0}, "input_size": SIZE, "batch_size": 15, "epochs": 1,
+        "model": {"bn_momentum": 1.0}, "input_size": size, "batch_size": 15, "epochs": 1,
         "iterations_per_epoch": steps, "optim": {"name": "adam", "lr": 1.0e-3},
         "data": {"validation_split": None}, "log_every": 5}))
     run = tmp_path / "run"
@@ -246,20 +256,29 @@ def train_and_eval(dataset: Path, tmp_path: Path, name: str, supervision: str, s
     return run, json.loads(res.read_text())
 
 
-# Full supervision over-fits the five images per base to IoU ~0.98. Weak supervision sees image
-# labels only: its maps find the noisy half (IoU ~0.55-0.6 here, against ~0.33 for the whole image
-# marked forged and ~0 for the opposite half) but are blurred by block 11's receptive field
-# (Grad-CAM) or the max-pooled target (Attention), so the bar is lower: see docs/baselines/*.md.
-BARS = {"full": 0.8, "weak": 0.45}
-STEPS = {"full": 8, "weak": 12}
+# Full supervision over-fits the five images per base to IoU ~0.98 at 64x64 (4x4 cells).
+# Weak supervision sees image labels only. Attention's map lights the noisy half but also the
+# clean cells next to it (their receptive field sees the noise, and the max-only loss never
+# pushes them down): at 64x64 one such cell column is half of the clean half (IoU ~0.56); at
+# 160x160 (10x10 cells) it is a fifth, and IoU is ~0.83-0.85 (seeds 0, 1, 2). Weak Grad-CAM on
+# block 11 stays a blob centred in the noisy half that fades towards the image border and the
+# forgery's edge, which per-image min-max scaling puts below 0.5: IoU ~0.6 at 64x64, and
+# 0.43-0.80 at 128x128 over the seeds, steps and task variants tried, so its bar stays 0.45 (see docs/baselines/gradcam.md).
+SETUPS = {  # (name, supervision): (input size, steps, IoU bar)
+    ("gradcam", "full"): (SIZE, 8, 0.8), ("attention", "full"): (SIZE, 8, 0.8),
+    ("gradcam", "weak"): (SIZE, 12, 0.45), ("attention", "weak"): (160, 12, 0.8),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, supervision", CASES)
-def test_overfit_through_bench_train_and_eval(dataset: Path, tmp_path: Path, name: str, supervision: str) -> None:
-    run, results = train_and_eval(dataset, tmp_path, name, supervision, STEPS[supervision])
+def test_overfit_through_bench_train_and_eval(request: pytest.FixtureRequest, tmp_path: Path, name: str,
+                                              supervision: str) -> None:
+    size, steps, bar = SETUPS[(name, supervision)]
+    data = request.getfixturevalue("dataset" if size == SIZE else "dataset_160")
+    run, results = train_and_eval(data, tmp_path, name, supervision, steps, size)
     iou = results["metrics"][IOU]["value"]
-    assert iou > BARS[supervision], f"{name} {supervision}: IoU {iou:.3f}"
+    assert iou > bar, f"{name} {supervision}: IoU {iou:.3f}"
     if supervision == "weak":  # the image labels themselves are learnt
         assert results["metrics"]["image/ap/all"]["value"] > 0.95
     config = json.loads((run / "config.json").read_text())
