@@ -140,12 +140,16 @@ def test_an_interrupted_build_with_its_own_pool_resumes_to_the_same_bytes(tmp_pa
 
 
 def test_a_generator_failing_in_its_own_thread_fails_the_build_with_its_error(tmp_path, src, monkeypatch):
+    """An error that is not about one sample (a user error: weights, device) stops the build from
+    the generator's thread; an error on a sample only skips it (tests/test_generator_failures.py)."""
+    from dolos_bench.errors import UserError
+
     recipe = _recipe(tmp_path, src, prepare=0.0, generate=0.0)
 
     def broken(self, images, masks, rngs):  # type: ignore[no-untyped-def]
-        raise RuntimeError("the model broke")
+        raise UserError("the model broke")
 
     monkeypatch.setattr(SleepingGenerator, "inpaint_batch", broken)
-    with pytest.raises(RuntimeError, match="the model broke"):
+    with pytest.raises(UserError, match="the model broke"):
         run_build(recipe, tmp_path / "out", inpaint_devices=("cpu",))
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -32,6 +32,7 @@ from ..data.images import ImageLoadError, encode_png, preprocess
 from ..data.magnitude import MAGNITUDE_COLUMNS, magnitude
 from ..data.schema import FAKE, REAL
 from ..engine import Worker
+from ..errors import UserError
 from ..registry import GENERATORS, MASKERS
 from ..seeding import rng_for
 from .base import Generator, Masker, SkipSample
@@ -178,7 +179,13 @@ def batches(items: list[Any], size: int | None) -> list[list[Any]]:
 
 
 def inpaint(generator: Generator, seed: int, batch: InpaintBatch) -> list[np.ndarray | str]:
-    """One ``inpaint_batch`` call; a :class:`SkipSample` is narrowed down to the samples that raise it.
+    """One ``inpaint_batch`` call; a failure is narrowed down to the samples that cause it.
+
+    A :class:`SkipSample`, or any other error a generator raises on a sample (a NaN check, an
+    out-of-memory batch, a model that chokes on one image), makes the batch go again one sample at
+    a time; a sample that still fails is skipped with the reason, and the build goes on. A user
+    error (:class:`~dolos_bench.errors.UserError`: missing weights, a device that is not there)
+    and a cancelled unit stop the build instead: they are not about one sample.
 
     Each sample gets its own stream (``rng_for(seed, sample id, "generator")``), fresh for every
     call, so a retry one by one gives what the batch would have.
@@ -188,9 +195,14 @@ def inpaint(generator: Generator, seed: int, batch: InpaintBatch) -> list[np.nda
     by_part = {"parts": parts} if getattr(generator, "uses_parts", False) else {}  # e.g. per-part prompts
     try:
         outputs = generator.inpaint_batch(list(batch.images), list(batch.masks), rngs, **by_part)
-    except SkipSample as exc:
+    except (StageCancelled, UserError):
+        raise
+    except Exception as exc:
         if len(batch.sample_ids) == 1:
-            return [str(exc)]
+            if isinstance(exc, SkipSample):
+                return [str(exc)]
+            return [f"{getattr(generator, 'name', type(generator).__name__)} failed on this sample"
+                    f" ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"]
         return [inpaint(generator, seed, InpaintBatch([s], [i], [m], [p]))[0]
                 for s, i, m, p in zip(batch.sample_ids, batch.images, batch.masks, parts)]
     if len(outputs) != len(batch.sample_ids):
