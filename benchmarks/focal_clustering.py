@@ -17,7 +17,8 @@ figure over a run of ``--run-length`` images (1,000). "fast-cpu-s" is the fast m
 per image (all threads), which other jobs on a shared machine do not inflate the way they inflate
 wall time.
 
-Reference: exact HDBSCAN (the ``hdbscan`` package, ``min_cluster_size=200``). Its labels are kept
+Reference: exact HDBSCAN (the ``hdbscan`` package, ``min_cluster_size=200``, with an exact spanning
+tree: ``approx_min_span_tree=False``, see ``hdbscan_exact``). Its labels are kept
 in ``--reference-dir`` (one ``.npy`` per map, named by the map's sha256, the package version and
 ``min_cluster_size``), so the minutes it takes at 256x256 are paid once per map and a rerun reuses
 them. At sizes above 128 without ``--exact-large`` the fast method is compared with the cached
@@ -25,6 +26,10 @@ exact labels of the maps that have them; with none cached it falls back to exact
 128x128 with the same subsampling ratio (``max_points`` scaled by 1/4, i.e. the same fraction of
 points clustered), on 1 map, and the output says which. That stand-in measured milder than the
 real 256x256 comparison on the fuzziest maps (docs/baselines/focal.md).
+
+``--device cuda`` runs ``hdbscan-fast`` on the GPU, where it clusters every point exactly by brute
+force (``dolos_baselines.focal.brute_force``); with ``--exact-large`` that gives its seconds per
+256x256 image and its agreement with the package at full size.
 
 Exact's own sensitivity ("exact-vs-99%"): exact HDBSCAN of the first map with a seeded 1% of its
 points left out, against exact of all points (mask IoU on the points both saw). It tells how much
@@ -109,7 +114,9 @@ class ExactReference:
             return None
         digest = hashlib.sha256(np.ascontiguousarray(points, np.float32).tobytes()).hexdigest()[:24]
         shape = "x".join(map(str, points.shape))
-        return self.folder / f"exact-{shape}-{digest}-mcs{MIN_CLUSTER_SIZE}-hdbscan{hdbscan_version()}.npy"
+        # "tree": exact spanning tree (approx_min_span_tree=False); earlier files without it hold the
+        # package's default approximate tree and are not read
+        return self.folder / f"exact-{shape}-{digest}-mcs{MIN_CLUSTER_SIZE}-hdbscan{hdbscan_version()}-tree.npy"
 
     def cached(self, points: np.ndarray) -> np.ndarray | None:
         path = self._path(points)
@@ -129,6 +136,12 @@ class ExactReference:
             with atomic_output(path) as fh:
                 np.save(fh, labels)
         return labels
+
+
+def max_points(args: argparse.Namespace) -> int:
+    from dolos_baselines.focal.clustering import default_max_points
+
+    return default_max_points(args.device) if args.max_points is None else args.max_points
 
 
 def hdbscan_version() -> str:
@@ -158,7 +171,10 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 0.8, 1.0])
     parser.add_argument("--modes", type=int, nargs="+", default=[1, 2], help="background modes")
     parser.add_argument("--images", type=int, default=3, help="maps per setting")
-    parser.add_argument("--max-points", type=int, default=4096, help="hdbscan-fast's max_points")
+    parser.add_argument("--max-points", type=int, default=None,
+                        help="hdbscan-fast's max_points (default: the device's, 4,096 on a CPU, 262,144 on CUDA)")
+    parser.add_argument("--device", default="cpu",
+                        help="where hdbscan-fast clusters: cpu, or cuda (exact brute force on the whole grid)")
     parser.add_argument("--exact-large", action="store_true", help="run exact HDBSCAN at sizes above 128")
     parser.add_argument("--run-length", type=int, default=1000, help="images the import time is amortised over")
     parser.add_argument("--reference-max-channels", type=int, default=32,
@@ -167,8 +183,14 @@ def main() -> None:
     parser.add_argument("--reference-dir", default="out/focal_clustering_exact",
                         help="where exact HDBSCAN labels are kept and reused ('' = keep nothing)")
     args = parser.parse_args()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible here")
 
     print(f"imports (numpy, clustering module, hdbscan): {IMPORT_S:.2f} s once per process;"
+          f" hdbscan-fast on {args.device} (max_points {max_points(args)});"
           f" cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"fast-amortised = fast + imports / {args.run_length} images; exact references kept in"
           f" {args.reference_dir or '(nowhere)'}; 'cached' = exact not run here")
@@ -188,7 +210,7 @@ def run_setting(size: int, channels: int, noise: float, modes: int, args: argpar
     pairs = [synthetic_features(size, channels, noise, modes, s) for s in seeds]
     maps, blobs = [p[0] for p in pairs], [p[1] for p in pairs]
     t_km, km, _ = timed(maps, "kmeans")
-    t_fast, fast, fast_labels = timed(maps, "hdbscan-fast", max_points=args.max_points)
+    t_fast, fast, fast_labels = timed(maps, "hdbscan-fast", max_points=args.max_points, device=args.device)
     amortised = t_fast + IMPORT_S / args.run_length
     flat = [f.reshape(-1, channels) for f in maps]
     compute = size <= 128 or args.exact_large
@@ -213,7 +235,7 @@ def run_setting(size: int, channels: int, noise: float, modes: int, args: argpar
         noise_frac, blob_exact = float("nan"), float("nan")
     else:
         small = 128
-        ratio_points = max(2, args.max_points * (small * small) // (size * size))
+        ratio_points = max(2, max_points(args) * (small * small) // (size * size))
         small_map = synthetic_features(small, channels, noise, modes, seeds[0])[0]
         small_flat = small_map.reshape(-1, channels)
         sub = cluster(small_map, "hdbscan-fast", max_points=ratio_points)

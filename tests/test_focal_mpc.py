@@ -219,6 +219,13 @@ def test_focal_fuses_two_runs_on_the_first_grid(dataset: Path, tmp_path: Path) -
     assert fused.identity()["fused"][0]["weights_sha256"] is not None
     with pytest.raises(FocalOptionError, match="unknown clustering method"):
         FocalLocalizer(weights=str(hrnet), clustering="spectral")
+    # hdbscan-fast clusters where the network runs unless cluster_device says otherwise
+    assert FocalLocalizer(weights=str(hrnet)).identity()["options"]["device"] == "cpu"
+    assert FocalLocalizer(weights=str(hrnet), cluster_device="cuda:1").task_obj.clustering.options["device"] == "cuda:1"
+    with pytest.raises(FocalOptionError, match="cluster_device applies to clustering=hdbscan-fast only"):
+        FocalLocalizer(weights=str(hrnet), clustering="kmeans", cluster_device="cpu")
+    exact = FocalLocalizer(weights=str(hrnet), clustering="hdbscan", approx_min_span_tree=True)
+    assert exact.task_obj.clustering.options == {"approx_min_span_tree": True}
 
 
 @pytest.mark.slow

@@ -10,27 +10,37 @@ Methods (``method=``)
 ---------------------
 ``hdbscan``
     Exact HDBSCAN of all points: ``hdbscan.HDBSCAN(min_cluster_size=200)`` with the package's
-    other defaults (``min_samples = min_cluster_size``, Euclidean). Minutes per image at a 256x256
-    grid on a 2-core machine, because the package's tree-based core distances degrade towards
-    O(n^2) in high dimension.
+    other defaults (``min_samples = min_cluster_size``, Euclidean) but one: the spanning tree is
+    exact (``approx_min_span_tree=False``; the package's default approximate tree changed the
+    clustering of one of six 256x256 benchmark maps, see :func:`hdbscan_exact`). About 1.5 minutes
+    per image at a 256x256 grid on a 2-core machine: the package's tree-based core distances
+    degrade towards O(n^2) in high dimension.
 ``hdbscan-fast`` (the default)
-    The same algorithm computed differently. Up to ``max_points`` points (4,096 = a 64x64 grid) it
-    is exact: the pairwise distances come from one BLAS matrix product, the core distances from a
-    partial sort of each row, and Prim's minimum spanning tree of the mutual-reachability graph is
-    grown row by row without storing that graph; the hierarchy, condensed tree and cluster
-    selection are the package's own code, so the labels equal ``hdbscan.HDBSCAN``'s (up to ties
-    between equal distances; :func:`hdbscan_dense`). Above ``max_points`` it runs the same exact clustering on a seeded
+    The same algorithm computed differently, exact up to ``max_points`` points, which defaults to
+    what the ``device`` clusters in well under a second (:func:`default_max_points`):
+
+    * on a CPU (``device="cpu"``, 4,096 points = a 64x64 grid): the pairwise distances come from
+      one BLAS matrix product, the core distances from a partial sort of each row, and Prim's
+      minimum spanning tree of the mutual-reachability graph is grown row by row without storing
+      that graph (:func:`hdbscan_dense`);
+    * on a CUDA GPU (262,144 points = a 512x512 grid): brute force in torch, core distances by
+      ``kthvalue`` and the tree by Borůvka's algorithm, one pass over the distance matrix per
+      round (:mod:`.brute_force`).
+
+    Either way the hierarchy, condensed tree and cluster selection are the package's own code, so
+    the labels equal exact HDBSCAN's up to ties between equal distances. Above ``max_points`` it
+    runs the same exact clustering on a seeded
     random subsample of ``max_points`` points with ``min_cluster_size`` and ``min_samples`` scaled
     by ``max_points / n`` (a k-th-neighbour distance among ``n`` points estimates the density the
     way the ``k * m / n``-th does among ``m`` random ones, so the hierarchy keeps its shape), then
     gives every other point the label -- noise included -- of its nearest subsample point. That
     equals exact HDBSCAN on clean feature maps but not on fuzzy ones, where exact calls a fifth of
-    the points noise: there the masks agree at IoU 0.2-0.95 at 256x256, while exact's own mask
+    the points noise: there the masks agree at IoU 0.45-0.95 at 256x256 on a CPU, while exact's own mask
     moves by less than 0.01 when 1% of the points are left out. Larger or spatially even samples,
     exact core distances and weighted condensed trees were measured and do not close the gap:
     exact labels need every point's ``min_samples``-th neighbour and the full spanning tree, which
-    neither the package nor brute force computes in 1 s at 65,536 x 32 on two CPU cores
-    (docs/baselines/focal.md).
+    no CPU method here computes in 1 s at 65,536 x 32 on two cores; a GPU does, hence the
+    device's limit (docs/baselines/focal.md).
 ``kmeans``
     Cosine (spherical) k-means, k = 2, 8 random restarts of at most 100 iterations, tolerance
     1e-4: the settings of ``torch_kmeans.KMeans`` as FOCAL's released code calls it.
@@ -78,8 +88,8 @@ MIN_CLUSTER_SIZE = 200
 """FOCAL's (TDSC) value, quoted by the authors in FOCAL issue #22."""
 
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "hdbscan": ("min_cluster_size", "min_samples"),
-    "hdbscan-fast": ("min_cluster_size", "min_samples", "max_points", "seed"),
+    "hdbscan": ("min_cluster_size", "min_samples", "approx_min_span_tree"),
+    "hdbscan-fast": ("min_cluster_size", "min_samples", "max_points", "seed", "device"),
     "kmeans": ("n_init", "max_iter", "tol", "seed"),
 }
 
@@ -177,14 +187,23 @@ def _min_samples(min_cluster_size: int, min_samples: int | None) -> int:
     return int(min_cluster_size if min_samples is None else min_samples)
 
 
-def hdbscan_exact(points: np.ndarray, min_cluster_size: int = MIN_CLUSTER_SIZE, min_samples: int | None = None) -> np.ndarray:
-    """``hdbscan.HDBSCAN(min_cluster_size, min_samples)`` of all points, package defaults otherwise."""
+def hdbscan_exact(points: np.ndarray, min_cluster_size: int = MIN_CLUSTER_SIZE, min_samples: int | None = None,
+                  approx_min_span_tree: bool = False) -> np.ndarray:
+    """``hdbscan.HDBSCAN(min_cluster_size, min_samples)`` of all points, with an exact spanning tree.
+
+    The package's other defaults are kept but one: its ``approx_min_span_tree=True`` lets its
+    Borůvka stop at a tree that is only approximately minimal, and on one of the six 256x256
+    benchmark maps that gives a different clustering (mask IoU 0.22 against the exact tree, which
+    ``fast_hdbscan``'s exact Borůvka reproduces point for point). Exact HDBSCAN is what this method
+    promises, so the tree is exact unless ``approx_min_span_tree=True`` asks for the package's default.
+    """
     import hdbscan
 
     _min_samples(min_cluster_size, min_samples)
     if len(points) < 2:
         return np.full(len(points), -1, np.int64)
-    model = hdbscan.HDBSCAN(min_cluster_size=int(min_cluster_size), min_samples=min_samples)
+    model = hdbscan.HDBSCAN(min_cluster_size=int(min_cluster_size), min_samples=min_samples,
+                            approx_min_span_tree=bool(approx_min_span_tree))
     return model.fit_predict(points).astype(np.int64)
 
 
@@ -259,29 +278,52 @@ def _prim_mutual_reachability(gram: np.ndarray, sq: np.ndarray, core2: np.ndarra
     return edges
 
 
+def default_max_points(device: str) -> int:
+    """Points ``hdbscan-fast`` clusters exactly on ``device``: 4,096 on a CPU, 262,144 on a GPU.
+
+    Both are about what the device does in well under a second per image: a 64x64 grid by one
+    Gram matrix on two CPU cores; a 512x512 grid by brute force on a GPU (:mod:`.brute_force`).
+    """
+    return 262144 if _on_cuda(device) else 4096
+
+
+def _on_cuda(device: str) -> bool:
+    return str(device).split(":")[0] == "cuda"
+
+
 def hdbscan_fast(
     points: np.ndarray,
     min_cluster_size: int = MIN_CLUSTER_SIZE,
     min_samples: int | None = None,
-    max_points: int = 4096,
+    max_points: int | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """Exact dense HDBSCAN up to ``max_points`` points; above, on a scaled subsample (module doc)."""
+    """Exact HDBSCAN up to ``max_points`` points on ``device``; above, on a scaled subsample (module doc)."""
     k = _min_samples(min_cluster_size, min_samples)
     n = len(points)
-    if int(max_points) < 2:
+    cap = default_max_points(device) if max_points is None else int(max_points)
+    if cap < 2:
         raise ValueError(f"max_points must be at least 2, got {max_points}")
-    if n <= max_points:
-        return hdbscan_dense(points, min_cluster_size, min_samples)
-    m = int(max_points)
-    scale = m / n
+    if n <= cap:
+        return _exact_on(points, int(min_cluster_size), k, device)
+    scale = cap / n
     sub_size = max(2, int(round(min_cluster_size * scale)))
     sub_k = max(1, int(round(k * scale)))
-    pick = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
-    sub_labels = hdbscan_dense(points[pick], sub_size, sub_k)
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+    sub_labels = _exact_on(points[pick], sub_size, sub_k, device)
     labels = sub_labels[nearest(points, points[pick])]
     labels[pick] = sub_labels
     return labels
+
+
+def _exact_on(points: np.ndarray, min_cluster_size: int, min_samples: int, device: str) -> np.ndarray:
+    """Exact HDBSCAN labels: brute-force Borůvka on a CUDA GPU; one Gram matrix and Prim elsewhere."""
+    if not _on_cuda(device):
+        return hdbscan_dense(points, min_cluster_size, min_samples)
+    from .brute_force import hdbscan_brute_force
+
+    return hdbscan_brute_force(points, min_cluster_size, min_samples, device=device)
 
 
 def nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 8192) -> np.ndarray:

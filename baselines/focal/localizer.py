@@ -5,7 +5,9 @@ Options (``--model-arg``), on top of :class:`~dolos_bench.train.localizer.Traine
 * ``clustering``: ``hdbscan-fast`` (default), ``hdbscan`` (exact, minutes per image at 256x256),
   ``kmeans`` (FOCAL's released code); ``rule``: ``largest-pristine`` or ``minority-forged``
   (default: the method's own); ``min_cluster_size``, ``min_samples``, ``max_points``, ``seed``:
-  the method's parameters (:mod:`dolos_baselines.focal.clustering`).
+  the method's parameters (:mod:`dolos_baselines.focal.clustering`); ``cluster_device``: where
+  ``hdbscan-fast`` clusters (default: ``--device``). On a CUDA device it clusters up to 262,144
+  points (a 512x512 grid) exactly by brute force; on a CPU up to 4,096, and a subsample above.
 * ``fuse``: more FOCAL run folders, comma-separated (``fuse=runs/focal-vit,runs/focal-hrnet``).
   Each run computes its features at its own input size; each map is L2-normalised, resampled
   (nearest, as FOCAL does) to the first run's grid and concatenated on channels; the fused
@@ -33,7 +35,7 @@ __all__ = ["FocalLocalizer", "FocalOptionError"]
 class FocalOptionError(UserError, ValueError):
     """A clustering or fusion option that FOCAL does not take (``--model-arg``)."""
 
-_CLUSTER_OPTIONS = ("min_cluster_size", "min_samples", "max_points", "seed")
+_CLUSTER_OPTIONS = ("min_cluster_size", "min_samples", "max_points", "seed", "approx_min_span_tree")
 
 
 def _run_list(fuse: Any) -> list[str]:
@@ -59,6 +61,11 @@ class FocalLocalizer(TrainedLocalizer):
                  batch: int = 16, clustering: str = "hdbscan-fast", rule: str | None = None,
                  fuse: Any = None, **model_args: Any) -> None:
         cluster_options = {k: model_args.pop(k) for k in _CLUSTER_OPTIONS if k in model_args}
+        cluster_device = model_args.pop("cluster_device", None)
+        if clustering == "hdbscan-fast":  # exact on a GPU's whole grid; see clustering.default_max_points
+            cluster_options["device"] = str(cluster_device or device)
+        elif cluster_device is not None:
+            raise FocalOptionError(f"focal: cluster_device applies to clustering=hdbscan-fast only, not {clustering}")
         try:
             check_settings(clustering, rule, cluster_options)
             runs = _run_list(fuse)
