@@ -320,6 +320,7 @@ def row_dict(rank: int | None, e: Entry) -> dict[str, Any]:
         "dataset": _dataset_name(r),
         "dataset_label": e.dataset,
         "split": r.dataset.split,
+        "dataset_verified": r.dataset.verified,
         "protocol": r.protocol.name,
         "counts": r.counts.model_dump(),
         "metrics": {k: v.model_dump(mode="json") for k, v in r.metrics.items()},
@@ -328,6 +329,24 @@ def row_dict(rank: int | None, e: Entry) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- tabular output
+
+
+UNVERIFIED_MARK = "†"
+UNVERIFIED_NOTE = (f"{UNVERIFIED_MARK} scored on data that was not checked against a dolos-bench manifest (a folder "
+                   "in another layout or a Hub dataset): its fingerprint hashes the files as they were found, and "
+                   "nothing vouches for how they were made.")
+
+
+def unverified(results: Results) -> bool:
+    """True for results on data that no dolos-bench manifest vouched for (``verified: false``).
+
+    ``None`` (files written before the field existed) is not flagged: it says nothing either way.
+    """
+    return results.dataset.verified is False
+
+
+def _dataset_cell(e: Entry) -> str:
+    return f"{e.dataset} {UNVERIFIED_MARK}" if unverified(e.results) else e.dataset
 
 
 def _md_escape(text: str) -> str:
@@ -348,7 +367,7 @@ def markdown_table(
         cells = [
             MISSING if rank is None else str(rank),
             e.label,
-            e.dataset,
+            _dataset_cell(e),
             r.protocol.name,
             *(format_metric(r.metrics.get(m), digits) for m in metrics),
         ]
@@ -392,6 +411,8 @@ def markdown_document(
         "was not reported or is undefined.\n",
         markdown_table(ranked, metrics, digits=digits),
     ]
+    if any(unverified(e.results) for _, e in ranked):
+        parts.append(UNVERIFIED_NOTE + "\n")
     summary = _stress_summary_rows(entries)
     if summary:
         parts.append("## Robustness\n")
@@ -417,7 +438,7 @@ def csv_text(ranked: Sequence[tuple[int | None, Entry]], metrics: Sequence[str])
     header = ["rank", "label", "model", "model_kind", "kind", "dataset", "split", "protocol", "samples", "real", "fake"]
     for m in all_metrics:
         header += [m, f"{m} ci95_lo", f"{m} ci95_hi", f"{m} n"]
-    header += ["dataset_fingerprint", "weights_sha256", "git_revision", "created", "command", "source"]
+    header += ["dataset_fingerprint", "dataset_verified", "weights_sha256", "git_revision", "created", "command", "source"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -436,7 +457,8 @@ def csv_text(ranked: Sequence[tuple[int | None, Entry]], metrics: Sequence[str])
             else:
                 lo, hi = met.ci95 if met.ci95 else (None, None)
                 row += [num(met.value), num(lo), num(hi), str(met.n)]
-        row += [r.dataset.fingerprint, r.model.weights_sha256 or "", r.provenance.git_revision or "",
+        verified = "" if r.dataset.verified is None else str(r.dataset.verified).lower()
+        row += [r.dataset.fingerprint, verified, r.model.weights_sha256 or "", r.provenance.git_revision or "",
                 r.provenance.created, r.provenance.command, e.source.name]
         writer.writerow(row)
     return buf.getvalue()
@@ -649,6 +671,7 @@ def render_html(
             "model_kind": r.model.kind,
             "kind": r.kind,
             "dataset": e.dataset,
+            "unverified": unverified(r),
             "fingerprint": r.dataset.fingerprint,
             "protocol": r.protocol.name,
             "samples": r.counts.samples,
@@ -668,6 +691,8 @@ def render_html(
         stress_summary=_summary_cells(stress_summary, digits),
         full_range=full_range,
         auc_note=AUC_NOTE,
+        unverified_mark=UNVERIFIED_MARK,
+        unverified_note=UNVERIFIED_NOTE if any(unverified(e.results) for _, e in ranked) else None,
         drop_note=DROP_NOTE,
         missing=MISSING,
         data_json=_script_json(payload),
