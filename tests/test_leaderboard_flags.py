@@ -44,3 +44,17 @@ def test_no_note_when_every_dataset_is_verified(tmp_path: Path) -> None:
     build_leaderboard(files, tmp_path / "site", title="flags")
     assert UNVERIFIED_NOTE not in (tmp_path / "site" / "leaderboard.md").read_text()
     assert "unverified-note" not in (tmp_path / "site" / "index.html").read_text()
+
+
+def test_runs_of_one_model_are_told_apart_by_their_run_folder(tmp_path: Path) -> None:
+    """A cross-generator study scores one model id per train set: the labels name the run folders."""
+    from dolos_bench.report.leaderboard import load_entries
+
+    files = []
+    for run in ("repaint", "lama"):
+        r = load_results(DATA / "eval_patchforensics.json")
+        model = r.model.model_copy(update={"path": None, "options": {**r.model.options, "weights": f"study/runs/{run}/"}})
+        files.append(save_results(Results.model_validate(r.model_copy(update={"model": model}).model_dump()),
+                                  tmp_path / f"{run}.json"))
+    assert [e.label for e in load_entries(files)] == ["patchforensics (repaint)", "patchforensics (lama)"]
+    assert [e.label for e in load_entries(files[:1])] == ["patchforensics"]  # alone: the plain id

@@ -35,6 +35,7 @@ def tiny_lama(folder: Path) -> Path:
             self.conv = torch.nn.Conv2d(4, 3, 3, padding=1)
             with torch.no_grad():
                 self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.5)
+                self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=generator) * 0.1)  # every weight seeded
 
         def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             masked = image * (1 - mask)

@@ -88,8 +88,9 @@ class Entry:
 def load_entries(result_paths: Iterable[str | Path]) -> list[Entry]:
     """Load and validate every file (refusing incomplete ones) and give each a unique label.
 
-    A label is the model id, disambiguated by dataset/split and protocol, then by a counter,
-    only where two files would otherwise share it -- so the common case stays readable.
+    A label is the model id, disambiguated by dataset/split, protocol and the weights' file or run
+    folder name (so the runs of a cross-generator study read ``patch-forensics (repaint)``), then by
+    a counter, only where two files would otherwise share it -- so the common case stays readable.
     """
     paths = [Path(p) for p in result_paths]
     if not paths:
@@ -107,11 +108,14 @@ def load_entries(result_paths: Iterable[str | Path]) -> list[Entry]:
             continue
         datasets = {datasets_shown[i] for i in idxs}
         protocols = {loaded[i][1].protocol.name for i in idxs}
+        weights = {_weights_name(loaded[i][1]) for i in idxs}
         for i in idxs:
             r = loaded[i][1]
             # The fingerprint without brackets of its own: "ela (qs/test 3f2a9c1)".
             shown = _dataset_label(r) + (f" {short_fingerprint(r.dataset.fingerprint)}" if _dataset_name(r) in shared else "")
             context = ([shown] if len(datasets) > 1 else []) + ([r.protocol.name] if len(protocols) > 1 else [])
+            if len(weights) > 1 and _weights_name(r):
+                context.append(_weights_name(r))
             if context:
                 labels[i] = f"{r.model.id} ({', '.join(context)})"
     keyed = [(loaded[i][1].kind, lab) for i, lab in enumerate(labels)]
@@ -122,6 +126,13 @@ def load_entries(result_paths: Iterable[str | Path]) -> list[Entry]:
         seen[key] += 1
         unique.append(lab if total[key] == 1 else f"{lab} #{seen[key]}")
     return [Entry(p, r, lab, ds) for (p, r), lab, ds in zip(loaded, unique, datasets_shown)]
+
+
+def _weights_name(results: Results) -> str:
+    """The last part of the weights' path (a run folder or a file), or "" when none is recorded."""
+    weights = results.model.options.get("weights")
+    path = str(results.model.path or (weights if isinstance(weights, str) else "") or "").rstrip("/\\")
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _dataset_name(results: Results) -> str:
