@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..config import ConfigError, Strict, apply_collecting, attribute_overrides, read_yaml, validate_collecting
 from ..metric_specs import spec_for
@@ -62,6 +62,23 @@ class OptimSection(Strict):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class ScheduleSection(Strict):
+    """How the learning rate changes over a run (every param group alike, relative to its own lr).
+
+    ``constant`` (Dolos, Patch-Forensics); ``plateau``: multiply by ``factor`` after ``patience``
+    validations without improvement of the validation metric, not below ``min_lr`` (FOCAL and MPC
+    stage 1: ``ReduceLROnPlateau(mode='max', factor=0.5, patience=3, min_lr=1e-8)``); ``cosine``:
+    cosine annealing from the lr to ``min_lr`` over ``period`` epochs, stepped once per epoch, then
+    back up as torch's ``CosineAnnealingLR`` does (MPC stage 2: ``T_max=20``, ``eta_min=1e-8``).
+    """
+
+    name: Literal["constant", "plateau", "cosine"] = "constant"
+    factor: float = Field(0.5, gt=0, lt=1, description="plateau: the lr's multiplier on a plateau")
+    patience: int = Field(3, ge=0, description="plateau: validations without improvement before it drops")
+    min_lr: float = Field(0.0, ge=0, description="plateau: the lr's floor; cosine: eta_min")
+    period: int | None = Field(None, ge=1, description="cosine: T_max in epochs (default: the run's epochs)")
+
+
 class ValidationSection(Strict):
     metric: str = Field(LOSS_METRIC, description="'loss' or a metric name of `bench eval` (its direction is known)")
     every: int | None = Field(None, ge=1, description="steps between validations; default: once per epoch")
@@ -100,6 +117,7 @@ class TrainRecipe(Strict):
     iterations_per_epoch: int = Field(500, ge=1, description="an epoch is a fixed number of steps, as in Dolos")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs, smoke tests)")
     optim: OptimSection = Field(default_factory=OptimSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     data: DataSection = Field(default_factory=DataSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
     checkpoint_every: int | None = Field(None, ge=1, description="steps between resume checkpoints; default: each epoch")
@@ -120,8 +138,17 @@ class TrainRecipe(Strict):
     def save_every(self) -> int:
         return self.checkpoint_every or self.iterations_per_epoch
 
+    @model_validator(mode="after")
+    def _plateau_needs_validation(self) -> "TrainRecipe":
+        if self.schedule.name == "plateau" and self.data.validation_split is None:
+            raise ValueError("schedule: plateau steps on the validation metric: set data.validation_split")
+        return self
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data["schedule"] == ScheduleSection().model_dump(mode="json"):
+            del data["schedule"]  # a constant lr hashes as before the section existed: earlier runs still resume
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
