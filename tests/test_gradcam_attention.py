@@ -331,6 +331,7 @@ def test_recipes_hold_the_papers_values(name: str) -> None:
     supervision, batch, epochs, lr, include = PAPER[name]
     assert (recipe.name, recipe.supervision, recipe.batch_size, recipe.epochs, recipe.optim.lr, recipe.data.include) == (
         name, supervision, batch, epochs, lr, include)
+    assert recipe.data.validation_include == ("fakes" if name.endswith("setup-c") else "all")  # Dolos: C validates on fakes
     assert recipe.input_size == 299 and recipe.iterations_per_epoch == 500 and recipe.optim.name == "adam"
     assert recipe.pretrained is True and recipe.validation.metric == "loss"
     config = task_config(task_cls, recipe)

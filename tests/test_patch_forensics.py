@@ -202,6 +202,6 @@ def test_the_paper_recipes_hold_the_papers_values(setup: str) -> None:
         assert r.model["init"] == "xavier" and r.data.include == "all"
     else:
         assert (r.supervision, r.batch_size, r.epochs, r.data.resize, r.data.hflip) == ("full", 16, 50, "bilinear", 0.0)
-        assert r.model["init"] == "default" and r.data.include == "fakes"
+        assert r.model["init"] == "default" and r.data.include == "fakes" and r.data.validation_include == "fakes"
     quick = load_train_recipe(root / "quickstart.yaml", task_cls=PatchForensicsTask)
     assert quick.data.validation_split is None and quick.total_steps <= 300
