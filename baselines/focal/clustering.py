@@ -12,7 +12,7 @@ Methods (``method=``)
     Exact HDBSCAN of all points: ``hdbscan.HDBSCAN(min_cluster_size=200)`` with the package's
     other defaults (``min_samples = min_cluster_size``, Euclidean) but one: the spanning tree is
     exact (``approx_min_span_tree=False``; the package's default approximate tree changed the
-    clustering of one of six 256x256 benchmark maps, see :func:`hdbscan_exact`). About 1.5 minutes
+    clustering of one of six 256x256 benchmark maps, see :func:`hdbscan_exact`). About a minute
     per image at a 256x256 grid on a 2-core machine: the package's tree-based core distances
     degrade towards O(n^2) in high dimension.
 ``hdbscan-fast`` (the default)

@@ -2,7 +2,7 @@
 
 Options (``--model-arg``), on top of :class:`~dolos_bench.train.localizer.TrainedLocalizer`'s:
 
-* ``clustering``: ``hdbscan-fast`` (default), ``hdbscan`` (exact, minutes per image at 256x256),
+* ``clustering``: ``hdbscan-fast`` (default), ``hdbscan`` (exact, about a minute per image at 256x256 on a CPU),
   ``kmeans`` (FOCAL's released code); ``rule``: ``largest-pristine`` or ``minority-forged``
   (default: the method's own); ``min_cluster_size``, ``min_samples``, ``max_points``, ``seed``:
   the method's parameters (:mod:`dolos_baselines.focal.clustering`); ``cluster_device``: where
