@@ -4,6 +4,8 @@ One JSON document per (model, dataset split, protocol) run. The schema is strict
 (``extra="forbid"``) so that a typo in a writer fails loudly instead of producing a file that the
 leaderboard silently misreads; free-form content goes into the few dicts meant for it
 (``model.options``, ``protocol.details``, ``info``, extra ``counts``, perturbation parameters).
+``model.options`` holds the options the user passed (they are part of a run's key);
+``info["model_identity"]`` what the localizer reports it ran with, its defaults included.
 
 ``complete`` is true only for a run that scored every sample of its split: a run cut short by
 ``--limit`` says ``complete: false`` (and ``dataset.split_samples`` says how big the split is),

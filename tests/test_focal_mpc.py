@@ -220,7 +220,9 @@ def test_focal_fuses_two_runs_on_the_first_grid(dataset: Path, tmp_path: Path) -
     with pytest.raises(FocalOptionError, match="unknown clustering method"):
         FocalLocalizer(weights=str(hrnet), clustering="spectral")
     # hdbscan-fast clusters where the network runs unless cluster_device says otherwise
-    assert FocalLocalizer(weights=str(hrnet)).identity()["options"]["device"] == "cpu"
+    options = FocalLocalizer(weights=str(hrnet)).identity()["options"]
+    assert (options["device"], options["rule"], options["min_cluster_size"], options["max_points"]) == (
+        "cpu", "largest-pristine", 200, 4096)  # defaults resolved, as the results' model_identity records them
     assert FocalLocalizer(weights=str(hrnet), cluster_device="cuda:1").task_obj.clustering.options["device"] == "cuda:1"
     with pytest.raises(FocalOptionError, match="cluster_device applies to clustering=hdbscan-fast only"):
         FocalLocalizer(weights=str(hrnet), clustering="kmeans", cluster_device="cpu")

@@ -72,12 +72,14 @@ below 0.5 everywhere.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "RULES", "DEFAULT_RULES", "Clustering", "check_settings", "cluster", "forged_mask", "labels_to_mask",
+__all__ = ["METHODS", "RULES", "DEFAULT_RULES", "Clustering", "check_settings", "cluster", "effective_options",
+           "forged_mask", "labels_to_mask",
            "score_map"]
 
 METHODS: tuple[str, ...] = ("hdbscan-fast", "hdbscan", "kmeans")
@@ -139,6 +141,22 @@ def check_settings(method: str, rule: str | None, options: dict[str, Any]) -> st
     if unknown:
         raise ValueError(f"{method} takes no option {', '.join(unknown)}; it takes {', '.join(_OPTIONS[method])}")
     return rule
+
+
+def effective_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the method's defaults filled in as they resolve (for a results file's record).
+
+    Defaults come from the method's own function signature; ``min_samples`` None resolves to
+    ``min_cluster_size`` and ``hdbscan-fast``'s ``max_points`` None to its device's limit.
+    """
+    function = {"kmeans": kmeans_cosine, "hdbscan": hdbscan_exact, "hdbscan-fast": hdbscan_fast}[method]
+    params = inspect.signature(function).parameters
+    full = {k: params[k].default for k in _OPTIONS[method]} | dict(options)
+    if "min_samples" in full and full["min_samples"] is None:
+        full["min_samples"] = full["min_cluster_size"]
+    if method == "hdbscan-fast" and full["max_points"] is None:
+        full["max_points"] = default_max_points(full["device"])
+    return full
 
 
 def _points(features: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:

@@ -26,7 +26,7 @@ from dolos_bench.eval.api import LocalizerOutput
 from dolos_bench.eval.localizers import resize_input
 from dolos_bench.train.localizer import TrainedLocalizer
 
-from .clustering import check_settings
+from .clustering import check_settings, effective_options
 from .task import ClusterSettings, FocalTask
 
 __all__ = ["FocalLocalizer", "FocalOptionError"]
@@ -67,14 +67,15 @@ class FocalLocalizer(TrainedLocalizer):
         elif cluster_device is not None:
             raise FocalOptionError(f"focal: cluster_device applies to clustering=hdbscan-fast only, not {clustering}")
         try:
-            check_settings(clustering, rule, cluster_options)
+            resolved_rule = check_settings(clustering, rule, cluster_options)
             runs = _run_list(fuse)
         except ValueError as exc:
             raise FocalOptionError(f"focal: {exc}") from exc
         if weights is None and runs:
             weights, runs = runs[0], runs[1:]
         super().__init__(device=device, weights=weights, supervision=supervision, batch=batch, **model_args)
-        self.options.update(clustering=clustering, rule=rule, **cluster_options)
+        # the identity states what runs, defaults included (the results' info.model_identity)
+        self.options.update(clustering=clustering, rule=resolved_rule, **effective_options(clustering, cluster_options))
         if fuse is not None:
             self.options["fuse"] = fuse
         self.task_obj.clustering = ClusterSettings(clustering, rule, cluster_options)

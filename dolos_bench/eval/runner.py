@@ -70,6 +70,18 @@ def model_info(localizer: Any, model: str, model_args: Mapping[str, Any] | None)
                      options=dict(model_args or {}))
 
 
+def identity_info(localizer: Any) -> dict[str, Any]:
+    """The localizer's own identity, JSON-safe, for the results' ``info["model_identity"]``.
+
+    ``model.options`` records what the user passed (it is part of the run key); this records what
+    the localizer says it ran with -- its defaults included where it reports them (ELA's quality,
+    FOCAL's clustering method, rule and device, a trained run's task config and recipe) -- so a
+    score can be reproduced without knowing the defaults of the version that made it.
+    """
+    identity = {k: v for k, v in localizer.identity().items() if k not in ("name", "kind", "path", "weights_sha256")}
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
 def protocol_info(proto: Protocol) -> ProtocolInfo:
     return ProtocolInfo(name=proto.name, threshold=proto.threshold,
                         resize="bicubic" if "bicubic" in proto.interpolation else "bilinear",
@@ -212,6 +224,7 @@ def _run_eval(config: ScoringConfig, proto: Protocol, interruption: Interruption
     seed = config.seed
     computed = state.compute(bootstrap=config.bootstrap_or(EVAL_BOOTSTRAP), seed=seed)
     info = dict(computed.get("info", {}))
+    info["model_identity"] = identity_info(localizer)
     if proto.name == "dolos":
         info["dolos"] = dolos_results(state)
     results = Results(

@@ -47,7 +47,7 @@ from ..results import (
     collect_provenance, save_results,
 )
 from .runner import (
-    breakdowns_of, counts_of, dataset_info, metrics_of, model_info, open_scored_split, protocol_info,
+    breakdowns_of, counts_of, dataset_info, identity_info, metrics_of, model_info, open_scored_split, protocol_info,
 )
 from .suite import GridPoint, Suite, expand, load_suite
 from .config import ScoringConfig
@@ -258,7 +258,7 @@ class _Sweep:
                 self.interruption.command, seeds={"bootstrap": config.seed, "suite": self.suite.seed},
                 timings={"load_s": load_s, "predict_s": predict_s, "total_s": time.perf_counter() - start},
             ),
-            info=self._info(resumed, plot_files),
+            info={**self._info(resumed, plot_files), "model_identity": identity_info(localizer)},
             stress=StressInfo(suite=self.suite.name, metric=self.headline, grid=points,
                               summary=self._summary(points, clean_metrics)),
         )
