@@ -23,7 +23,7 @@ from typing import Literal
 from ..utils.files import atomic_write_json
 from .catalogue import Entry
 
-__all__ = ["CACHE_ENV", "Check", "cache_dir", "check_file", "entry_path", "file_digests", "find_file"]
+__all__ = ["CACHE_ENV", "Check", "cache_dir", "check_file", "entry_path", "file_digests", "find_file", "weights_digest"]
 
 CACHE_ENV = "DOLOS_BENCH_CACHE"
 STAMPS = "verified.json"
@@ -61,15 +61,17 @@ def _load_stamps() -> dict[str, dict[str, object]]:
     return data if isinstance(data, dict) else {}
 
 
-def file_digests(path: Path) -> tuple[str, str]:
+def file_digests(path: Path, remember: bool | None = None) -> tuple[str, str]:
     """(sha256, md5) of a file, one read; remembered by size and mtime in the cache's stamps.
 
-    Only files inside the cache are remembered: stamps of paths elsewhere (temporary folders,
-    a user's own files) would pile up in a folder the user never looks into.
+    By default only files inside the cache are remembered: stamps of every path hashed elsewhere
+    (temporary folders, a user's own files) would pile up in a folder the user never looks into.
+    ``remember=True`` remembers any path (:func:`weights_digest`: the few model folders a build loads).
     """
     stat = path.stat()
     key = str(path.resolve())
-    remember = path.resolve().is_relative_to(cache_dir().resolve())
+    if remember is None:
+        remember = path.resolve().is_relative_to(cache_dir().resolve())
     stamp = _load_stamps().get(key) if remember else None
     if isinstance(stamp, dict) and stamp.get("size") == stat.st_size and stamp.get("mtime_ns") == stat.st_mtime_ns:
         return str(stamp["sha256"]), str(stamp["md5"])
@@ -88,6 +90,24 @@ def file_digests(path: Path) -> tuple[str, str]:
     except OSError:
         pass  # a read-only cache: hash again next time rather than fail
     return digests
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str:
+    """The sha256 a build records for the weights it loaded: of a file, or of a folder's tree.
+
+    The same value as :func:`dolos_bench.utils.files.sha256_path` (a folder: its sorted relative
+    paths, each with its file's sha256), but every file's digest is remembered by path, size and
+    modification time in the cache's stamps, so a multi-GB model folder (SDXL, a Hub snapshot) is
+    read once per machine rather than once per worker and build. A file rewritten in place gets a
+    new mtime and is hashed again.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return file_digests(root, remember=True)[0]
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(root).as_posix()}\0{file_digests(file, remember=True)[0]}\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

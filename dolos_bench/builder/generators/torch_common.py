@@ -64,8 +64,8 @@ import numpy as np
 import torch
 
 from dolos_bench.errors import UserError
-from dolos_bench.utils.files import sha256_path
 from dolos_bench.weights import WeightsError, resolve_weights
+from dolos_bench.weights.cache import weights_digest
 
 __all__ = [
     "Precision", "WeightsError", "DeviceError", "choose_device", "images_to_tensor", "masks_to_tensor",
@@ -258,7 +258,7 @@ def load_model(cls: Any, location: str, device: torch.device, dtype: torch.dtype
 
 @lru_cache(maxsize=32)
 def _hash_location(location: str) -> str:
-    return sha256_path(resolve_weights(location, stage="weights", expect="any").path)
+    return weights_digest(resolve_weights(location, stage="weights", expect="any").path)
 
 
 def weights_identity(location: str) -> dict[str, str]:
@@ -266,8 +266,9 @@ def weights_identity(location: str) -> dict[str, str]:
 
     ``location`` as the recipe gave it; the digest is of what it resolves to (a local folder or
     file in place, a catalogue file, a Hub id's snapshot in the local cache: what was loaded;
-    :func:`~dolos_bench.utils.files.sha256_path`). Cached per process: a worker hashes a
-    multi-GB model once.
+    :func:`~dolos_bench.weights.cache.weights_digest`). Each file's digest is remembered by path,
+    size and mtime in the weights cache's stamps, and the result per process: a multi-GB model is
+    read once per machine.
     """
     return {"model": str(location), "sha256": _hash_location(str(location))}
 
