@@ -10,11 +10,11 @@ one head size, which the config then states) and writes the folder.
 
 Hyperparameters come from :class:`ADMOptions`; ``in``/``out``/base channels are read from the
 checkpoint's own tensors. Its defaults are the flags of the P2-weighting README for its 256²
-models as we read them (``--attention_resolutions 16 --diffusion_steps 1000 --image_size 256
+models (``--attention_resolutions 16 --diffusion_steps 1000 --image_size 256
 --learn_sigma True --noise_schedule linear --num_channels 128 --num_head_channels 64
 --num_res_blocks 1 --resblock_updown True --use_scale_shift_norm True``, channel multipliers
-``1,1,2,2,4,4``, guided-diffusion's default at 256²); check them against the README of the
-checkpoint you convert. A wrong option shows as a shape mismatch or as keys left over, each
+``1,1,2,2,4,4``, its ``script_util``'s default at 256²), checked against that README and
+``script_util.py`` (docs/generators.md); for another checkpoint, check its own README. A wrong option shows as a shape mismatch or as keys left over, each
 named, never as a model that loads and samples noise.
 
 Besides the UNet the folder gets a ``scheduler_config.json`` (``DDPMScheduler``: the training
