@@ -96,3 +96,25 @@ def test_on_cuda_the_whole_grid_is_clustered_exactly() -> None:
     points = feats.reshape(-1, feats.shape[2])
     gpu = cluster(feats, method="hdbscan-fast", device="cuda")
     assert same_partition(gpu.labels.ravel(), hdbscan_dense(points, 200))
+
+
+def test_float32_products_run_at_full_precision_and_the_setting_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF32 (set by "high" precision) would reorder near-equal distances on a GPU: brute force turns it off."""
+    points = points_of(24, 0.6, True, 7)
+    seen: list[str] = []
+    real_addmm = torch.addmm
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_float32_matmul_precision())
+        return real_addmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addmm", spy)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        labels = hdbscan_brute_force(points, 60, 60)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert seen and set(seen) == {"highest"}
+    assert same_partition(labels, hdbscan_dense(points, 60, 60))

@@ -24,7 +24,8 @@ same code runs, only slower (each pass costs about what the core-distance pass c
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -54,6 +55,23 @@ def _chunk_rows(n: int, device: Any, chunk: int | None) -> int:
     return max(1, min(n, budget // max(1, n)))
 
 
+@contextmanager
+def _full_float32_matmul() -> Iterator[None]:
+    """Turn TF32 off for the distance products (10-bit mantissas would reorder near-equal distances).
+
+    ``torch.set_float32_matmul_precision("high")`` elsewhere in a process (training code often sets
+    it) would otherwise let CUDA matrix products drop to TF32; the old setting is put back after.
+    """
+    import torch
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def mutual_reachability_mst(points: np.ndarray, k: int, device: str = "cpu", chunk: int | None = None) -> np.ndarray:
     """``(n - 1, 3)`` float64 edges ``[a, b, distance]`` of the mutual-reachability minimum spanning tree."""
     import torch
@@ -63,7 +81,7 @@ def mutual_reachability_mst(points: np.ndarray, k: int, device: str = "cpu", chu
     dev = torch.device(device)
     n = len(points)
     rows = _chunk_rows(n, dev, chunk)
-    with torch.no_grad():
+    with torch.no_grad(), _full_float32_matmul():
         x = torch.as_tensor(np.ascontiguousarray(points, np.float32), device=dev)
         x = x - x.mean(dim=0)  # smaller norms, less cancellation in |a|^2 + |b|^2 - 2ab
         sq = (x * x).sum(dim=1)
