@@ -118,3 +118,23 @@ def test_float32_products_run_at_full_precision_and_the_setting_is_restored(monk
         torch.set_float32_matmul_precision(before)
     assert seen and set(seen) == {"highest"}
     assert same_partition(labels, hdbscan_dense(points, 60, 60))
+
+
+def test_focal_warns_once_when_its_grid_is_clustered_from_a_subsample() -> None:
+    from dolos_baselines.focal.task import FocalConfig, FocalTask, ClusterSettings
+
+    task = FocalTask(FocalConfig(arch="tiny"), "full")
+    task.clustering = ClusterSettings("hdbscan-fast", None, {"device": "cpu", "max_points": 100, "min_cluster_size": 20})
+    feats = torch.nn.functional.normalize(torch.randn(2, 8, 12, 12), dim=1)  # 144 points > 100
+    with pytest.warns(UserWarning, match="above hdbscan-fast's max_points"):
+        task.maps_from_features(feats)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task.maps_from_features(feats)  # said once per localizer, not per batch
+    small = FocalTask(FocalConfig(arch="tiny"), "full")
+    small.clustering = ClusterSettings("hdbscan-fast", None, {"device": "cpu", "min_cluster_size": 20})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small.maps_from_features(feats)  # 144 points: exact, nothing to say

@@ -96,6 +96,24 @@ class FocalTask(TrainTask):
     def predict(self, model: Any, images: Any) -> tuple[Any, Any]:
         return self.maps_from_features(self.features(model, images))
 
+    def _warn_if_subsampled(self, points: int) -> None:
+        """Say once when ``hdbscan-fast`` will cluster a subsample (above its device's exact limit)."""
+        import warnings
+
+        from .clustering import effective_options
+
+        s = self.clustering
+        if s.method != "hdbscan-fast" or getattr(self, "_warned_subsample", False):
+            return
+        limit = effective_options(s.method, s.options)["max_points"]
+        if points > limit:
+            self._warned_subsample = True
+            warnings.warn(
+                f"focal: a {points:,}-point feature grid is above hdbscan-fast's max_points ({limit:,} on"
+                f" {s.options.get('device', 'cpu')}): each image is clustered from a subsample, which matches exact"
+                " HDBSCAN on clean features but not on fuzzy ones (docs/baselines/focal.md); exact: --device cuda,"
+                " or --model-arg clustering=hdbscan (about a minute per 256x256 grid on a CPU)", stacklevel=2)
+
     def maps_from_features(self, feats: Any) -> tuple[Any, Any]:
         """Cluster each image's features: score maps ``(B, 1, h, w)`` and image scores (the map's maximum)."""
         import numpy as np
@@ -105,6 +123,8 @@ class FocalTask(TrainTask):
 
         arrays = feats.detach().float().permute(0, 2, 3, 1).cpu().numpy()
         s = self.clustering
+        if len(arrays):
+            self._warn_if_subsampled(arrays.shape[1] * arrays.shape[2])
         maps = [cluster(np.ascontiguousarray(a), method=s.method, rule=s.rule, **s.options).score for a in arrays]
         out = torch.from_numpy(np.stack(maps)[:, None]).to(feats.device)
         return out, out.flatten(1).amax(dim=1)
