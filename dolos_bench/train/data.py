@@ -31,7 +31,8 @@ from ..seeding import rng_for
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["IndexedSplit", "TrainDataError", "TrainRows", "load_rows", "decode_mask", "StreamDataset", "stream_positions"]
+__all__ = ["IndexedSplit", "TrainDataError", "TrainRows", "augment_image", "load_rows", "decode_mask", "StreamDataset",
+           "stream_positions"]
 
 _FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -191,12 +192,14 @@ class StreamDataset:
     """
 
     def __init__(self, rows: TrainRows, *, size: int, mean: Sequence[float], std: Sequence[float],
-                 seed: int, resize: str = "bilinear", hflip: float = 0.0, train: bool = True) -> None:
+                 seed: int, resize: str = "bilinear", hflip: float = 0.0, train: bool = True,
+                 augment: Sequence[Any] = ()) -> None:
         self.rows, self.size, self.seed, self.train = rows, int(size), int(seed), train
         self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
         self.filter = _FILTERS[resize]
         self.hflip = float(hflip)
+        self.augment = list(augment)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -225,9 +228,35 @@ class StreamDataset:
         if self.train and self.hflip > 0 and rng_for(self.seed, "augment", int(position)).random() < self.hflip:
             image = image[:, ::-1]
             mask = None if mask is None else mask[:, ::-1]
+        if self.train and self.augment:
+            image = augment_image(np.ascontiguousarray(image), self.augment, rng_for(self.seed, "augment-ops", int(position)))
         pixels = (np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0) - self.mean) / self.std
         mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None] if mask is not None else torch.zeros(0)
         return torch.from_numpy(pixels), int(self.rows.labels[row]), mask_t, self.rows.ids[row]
+
+
+def augment_image(image: np.ndarray, steps: Sequence[Any], rng: np.random.Generator) -> np.ndarray:
+    """``image`` through each :class:`~dolos_bench.train.recipe.AugmentStep` that ``rng`` picks.
+
+    Every draw (whether a step runs, its parameters, its own randomness) comes from ``rng``, which
+    the caller derives from ``(seed, stream position)``: the same position gets the same pixels in
+    any run, resumed or not, with any number of DataLoader workers.
+    """
+    from ..perturbations.ops import parse_perturbation
+
+    for step in steps:
+        if rng.random() >= step.p:
+            continue
+        params = {}
+        for key, value in step.params.items():
+            if isinstance(value, (list, tuple)):
+                lo, hi = value
+                both_int = isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool)
+                params[key] = int(rng.integers(lo, hi + 1)) if both_int else float(rng.uniform(lo, hi))
+            else:
+                params[key] = value
+        image, _ = parse_perturbation({"name": step.op, **params}).apply(image, None, rng)
+    return image
 
 
 def collate(items: list[tuple[Any, ...]]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor | None", list[str]]:

@@ -34,6 +34,37 @@ class TrainRecipeError(ConfigError):
         super().__init__(problems, origin)
 
 
+class AugmentStep(Strict):
+    """One photometric augmentation of a training image: a perturbation of ``bench build`` / ``bench
+    stress`` (``jpeg``, ``webp``, ``blur``, ``noise``), applied with probability ``p``.
+
+    A parameter given as ``[lo, hi]`` is drawn per sample, uniformly (an integer when both ends
+    are integers): ``{op: jpeg, p: 0.5, params: {quality: [50, 95]}}``. Geometric perturbations
+    (``resize``) are refused: they would change the input size and the mask's grid.
+    """
+
+    op: str
+    p: float = Field(1.0, ge=0.0, le=1.0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_photometric(self) -> "AugmentStep":
+        from ..perturbations.ops import parse_perturbation
+
+        for key, value in self.params.items():
+            if isinstance(value, (list, tuple)) and (len(value) != 2 or value[0] > value[1]):
+                raise ValueError(f"augment {self.op}: {key}={value!r}: a range is [lo, hi] with lo <= hi")
+        ends = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in self.params.items()} for i in (0, 1)]
+        try:
+            made = [parse_perturbation({"name": self.op, **end}) for end in ends]
+        except Exception as exc:  # an unknown op or a bad value: one line, with the perturbation's own words
+            raise ValueError(f"augment {self.op}: {str(exc).splitlines()[0]}") from exc
+        if getattr(made[0], "geometric", False):
+            raise ValueError(f"augment takes photometric perturbations only (jpeg, webp, blur, noise), not {self.op!r}:"
+                             " it would change the input size and the mask's grid")
+        return self
+
+
 class DataSection(Strict):
     """Which rows train and validate, and how an image becomes the network's input."""
 
@@ -46,6 +77,8 @@ class DataSection(Strict):
     resize: Literal["bilinear", "bicubic", "lanczos", "nearest"] = Field(
         "bilinear", description="PIL filter to the input size; bilinear is what `bench eval` feeds the model")
     hflip: float = Field(0.0, ge=0.0, le=1.0, description="probability of a horizontal flip (image and mask)")
+    augment: list[AugmentStep] = Field(
+        default_factory=list, description="photometric augmentations after resize and flip, in order (AugmentStep)")
     limit: int | None = Field(None, ge=1, description="use only the first N training rows (after include)")
     generators: list[str] | None = Field(
         None, description="only the fakes of these generators (reals are kept), in training and validation:"
@@ -146,8 +179,11 @@ class TrainRecipe(Strict):
 
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
+        # sections at their defaults hash as before they existed, so earlier runs still resume
         if data["schedule"] == ScheduleSection().model_dump(mode="json"):
-            del data["schedule"]  # a constant lr hashes as before the section existed: earlier runs still resume
+            del data["schedule"]
+        if not data["data"]["augment"]:
+            del data["data"]["augment"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:

@@ -317,7 +317,7 @@ def fit(
     logs = _Logs(out, start_step, state.get("csv_bytes"), enabled=main)
 
     dataset = StreamDataset(rows, size=size, mean=task.mean, std=task.std, seed=recipe.seed,
-                            resize=recipe.data.resize, hflip=recipe.data.hflip)
+                            resize=recipe.data.resize, hflip=recipe.data.hflip, augment=recipe.data.augment)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepSampler(start_step, total, recipe.batch_size, rank, world),
         num_workers=recipe.data.workers, collate_fn=collate)
