@@ -204,7 +204,7 @@ def test_the_dolos_celebahq_dry_run_equals_the_paper(tmp_path, monkeypatch):
     for w in plan["weights"]:
         assert set(w) >= {"stage", "param", "value", "present", "where", "catalogue", "problem"}
         assert w["present"] is False and w["problem"]
-    assert {w["catalogue"] for w in plan["weights"]} >= {"ldm-celebahq", "big-lama"}
+    assert {w["catalogue"] for w in plan["weights"]} >= {"ldm-celebahq", "big-lama", "pluralistic-celebahq-random"}
     text = CliRunner().invoke(main, args[:3] + args[4:])
     assert text.exit_code == 0 and "30,000 listed" in text.output and "MISSING" in text.output
     assert _files(tmp_path) == before  # nothing written

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..weights import cache_dir, catalogue, fetch, fetch_hub, find_entry, require_entry
-from ..weights.cache import check_file, find_file
+from ..weights.cache import check_file, entry_folder, find_file, missing_files
 from ..weights.catalogue import Entry
 from ..weights.resolve import hub_snapshot
 from .commands import console, main
@@ -18,6 +18,13 @@ def _status(entry: Entry) -> tuple[str, str]:
         if snapshot is None:
             return "missing", "-"
         return f"present (Hub cache, commit {snapshot.name[:12]}, files checked by huggingface_hub)", str(snapshot)
+    if entry.kind == "folder":
+        missing = missing_files(entry)
+        if len(missing) == len(entry.files):
+            return "missing", "-"
+        if missing:
+            return f"incomplete (lacks {', '.join(missing)})", str(entry_folder(entry))
+        return "present, unverified (no published checksums)", str(entry_folder(entry))
     found = find_file(entry)
     if found is None:
         return "missing", "-"
@@ -45,20 +52,22 @@ def ls_command(check: bool) -> None:
             checksum = "per-file sha256 from the Hub"
         click.echo(f"{entry.name}  [{entry.kind}] {status}")
         click.echo(f"    source: {entry.source}")
-        click.echo(f"    file: {entry.filename or '(repository)'}  checksum: {checksum}")
+        what = entry.filename or (f"folder of {', '.join(entry.files)}" if entry.kind == "folder" else "(repository)")
+        click.echo(f"    file: {what}  checksum: {checksum}")
         click.echo(f"    licence: {entry.licence}  used by: {', '.join(entry.used_by) or '-'}")
         if where != "-":
             click.echo(f"    at: {where}")
         if entry.manual:
-            click.echo(f"    manual download: {entry.page or entry.source}, then `bench weights fetch {entry.name} --from FILE`")
+            into = "FOLDER" if entry.kind == "folder" else "FILE"
+            click.echo(f"    manual download: {entry.page or entry.source}, then `bench weights fetch {entry.name} --from {into}`")
         if entry.convert_hint:
             click.echo(f"    {entry.convert_hint}")
 
 
 @weights_group.command("fetch", short_help="Download NAME (a catalogue entry or a Hub id) with checksum checks.")
 @click.argument("name")
-@click.option("--from", "from_file", type=click.Path(dir_okay=False), default=None,
-              help="A file downloaded by hand: checked, then copied into the cache.")
+@click.option("--from", "from_file", type=click.Path(), default=None,
+              help="A file downloaded by hand (a folder, for folder entries): checked, then copied into the cache.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fetch_command(name: str, from_file: str | None, quiet: bool) -> None:
     if "/" in name and find_entry(name) is None:  # any Hub repository, not only the catalogue's

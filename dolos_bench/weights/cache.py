@@ -23,7 +23,8 @@ from typing import Literal
 from ..utils.files import atomic_write_json
 from .catalogue import Entry
 
-__all__ = ["CACHE_ENV", "Check", "cache_dir", "check_file", "entry_path", "file_digests", "find_file", "weights_digest"]
+__all__ = ["CACHE_ENV", "Check", "cache_dir", "check_file", "entry_folder", "entry_path", "file_digests", "find_file",
+           "missing_files", "weights_digest"]
 
 CACHE_ENV = "DOLOS_BENCH_CACHE"
 STAMPS = "verified.json"
@@ -43,6 +44,17 @@ def entry_path(entry: Entry) -> Path:
     """Where ``bench weights fetch`` puts a file entry."""
     assert entry.filename is not None
     return cache_dir() / entry.name / entry.filename
+
+
+def entry_folder(entry: Entry) -> Path:
+    """Where ``bench weights fetch`` puts a folder entry's files."""
+    return cache_dir() / entry.name
+
+
+def missing_files(entry: Entry) -> list[str]:
+    """The files of a folder entry that its cache folder lacks (all of them when it does not exist)."""
+    folder = entry_folder(entry)
+    return [name for name in entry.files if not (folder / name).is_file()]
 
 
 def find_file(entry: Entry) -> Path | None:

@@ -34,11 +34,11 @@ class CatalogueError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One downloadable model: a file at a URL, or a Hub repository."""
+    """One downloadable model: a file at a URL, a Hub repository, or a folder of named files."""
 
     name: str
-    kind: Literal["file", "hub"]
-    source: str  # the URL of the file, or the Hub repository id
+    kind: Literal["file", "hub", "folder"]
+    source: str  # the URL of the file (or of the folder's page), or the Hub repository id
     licence: str
     used_by: tuple[str, ...]  # "generator:lama", "masker:face-parser", ...
     filename: str | None = None  # the file name the loaders expect (file entries)
@@ -53,6 +53,7 @@ class Entry:
     gated: bool = False  # the Hub repository asks for a licence acceptance and a token
     note: str = ""
     convert: str | None = None  # the `bench convert` command that makes the folder its generators load
+    files: tuple[str, ...] = ()  # folder entries: the files the folder must hold (fetched by hand, --from DIR)
 
     @property
     def convert_hint(self) -> str | None:
@@ -62,6 +63,9 @@ class Entry:
     def __post_init__(self) -> None:
         if self.kind == "file" and not self.filename:
             raise ValueError(f"weights entry {self.name!r}: a file entry needs a filename")
+        if self.kind == "folder" and (not self.files or not self.manual):
+            raise ValueError(f"weights entry {self.name!r}: a folder entry lists its files and is fetched by hand"
+                             " (files: [...], manual: true)")
 
     @property
     def checksum(self) -> str | None:
@@ -84,6 +88,7 @@ class Entry:
 
 _TORCH_HUB = ("$TORCH_HOME/hub/checkpoints", "~/.cache/torch/hub/checkpoints")
 _P2_PAGE = "https://github.com/jychoi118/P2-weighting#pre-trained-models"
+_PLURALISTIC_PAGE = "https://github.com/lyndonzheng/Pluralistic-Inpainting#pretrained-models"
 _P2_NOTE = ("OpenAI guided-diffusion (ADM) format, 256x256, learned variance; repaint and ddpm-full load the "
             "converted folder, not this file: `bench convert guided-diffusion FILE OUT`, then `model: OUT`")
 
@@ -122,6 +127,15 @@ BUILTIN: tuple[Entry, ...] = (
           "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
           licence="MIT (xinntao/facexlib)", used_by=("masker:face-parser",), filename="parsing_parsenet.pth",
           note="facexlib's ParseNet face parser (19 classes); facexlib publishes no checksum"),
+    Entry("pluralistic-celebahq-random", "folder", "https://drive.google.com/open?id=1nLq-W7eAZErqsvB1Q8h1yQT_l7_kZBXT",
+          licence="CC BY-NC 4.0 (lyndonzheng/Pluralistic-Inpainting)", used_by=("generator:pluralistic",),
+          files=("latest_net_E.pth", "latest_net_G.pth"), manual=True, page=_PLURALISTIC_PAGE,
+          note="Pluralistic's CelebA-HQ model trained with random regular and irregular holes (a Google Drive folder;"
+               " the authors publish no checksums)"),
+    Entry("pluralistic-celebahq-center", "folder", "https://drive.google.com/open?id=1zQnFkRAtjGCorOd0Mj9tfdApcAPbs6Kw",
+          licence="CC BY-NC 4.0 (lyndonzheng/Pluralistic-Inpainting)", used_by=("generator:pluralistic",),
+          files=("latest_net_E.pth", "latest_net_G.pth"), manual=True, page=_PLURALISTIC_PAGE,
+          note="Pluralistic's CelebA-HQ model trained with 128x128 centre holes (a Google Drive folder; no checksums)"),
     # -- modern inpainting pipelines (diffusers-inpaint) -----------------------------------------
     Entry("sd2-inpainting", "hub", "stabilityai/stable-diffusion-2-inpainting",
           licence="openrail++ (CreativeML Open RAIL++-M)", used_by=("generator:diffusers-inpaint",),
@@ -157,7 +171,7 @@ def _user_entries(path: Path) -> list[Entry]:
         if unknown:
             raise CatalogueError(f"{path} entry {item['name']!r}: unknown field(s) {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {"licence": "not stated", "used_by": (), **item}
-        for key in ("used_by", "allow_patterns", "also_at"):
+        for key in ("used_by", "allow_patterns", "also_at", "files"):
             values[key] = tuple(values.get(key) or ())
         try:
             entries.append(Entry(**values))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils.files import atomic_path
-from .cache import Check, cache_dir, check_file, entry_path
+from .cache import Check, cache_dir, check_file, entry_folder, entry_path
 from .catalogue import Entry
 
 __all__ = ["FetchError", "Fetched", "fetch", "fetch_hub"]
@@ -42,6 +42,12 @@ def fetch(entry: Entry, *, from_file: str | Path | None = None, progress: bool =
             raise FetchError(f"{entry.name} is a Hub repository ({entry.source}): --from takes single files only")
         return Fetched(fetch_hub(entry.source, revision=entry.revision, allow_patterns=entry.allow_patterns,
                                  progress=progress, gated=entry.gated), None)
+    if entry.kind == "folder":
+        if from_file is None:
+            raise FetchError(f"{entry.name} has no direct download link: download {', '.join(entry.files)} by hand from "
+                             f"{entry.page or entry.source} into one folder, then run "
+                             f"`bench weights fetch {entry.name} --from FOLDER`")
+        return _copy_folder_in(entry, Path(from_file).expanduser())
     if from_file is not None:
         return _copy_in(entry, Path(from_file).expanduser())
     if entry.manual:
@@ -89,6 +95,33 @@ def _copy_in(entry: Entry, source: Path) -> Fetched:
         staged = staging / source.name
         shutil.copyfile(source, staged)
         return _place(entry, staged)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_folder_in(entry: Entry, source: Path) -> Fetched:
+    """A hand-downloaded folder: its named files copied into the cache together (the originals left alone).
+
+    The files are staged first and the cache folder replaced in one rename, so an interrupted copy
+    leaves the old folder (or none), never half of the files.
+    """
+    if not source.is_dir():
+        raise FetchError(f"{entry.name}: --from takes the folder holding {', '.join(entry.files)}; {source} is not a folder")
+    missing = [name for name in entry.files if not (source / name).is_file()]
+    if missing:
+        raise FetchError(f"{entry.name}: {source} lacks {', '.join(missing)}; nothing was copied")
+    staging = _staging()
+    try:
+        staged = staging / entry.name
+        staged.mkdir()
+        for name in entry.files:
+            shutil.copyfile(source / name, staged / name)
+        target = entry_folder(entry)
+        old = staging / ".old"
+        if target.exists():
+            target.rename(old)  # moved aside, then dropped with the staging folder
+        staged.rename(target)
+        return Fetched(target, None)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from ..errors import UserError
 from ..registry import REGISTRIES
-from .cache import Check, check_file, entry_path, find_file
+from .cache import Check, check_file, entry_folder, entry_path, find_file, missing_files
 from .catalogue import Entry, catalogue, find_entry
 
 __all__ = ["Resolved", "WeightNeed", "WeightsError", "check_stage_weights", "hub_snapshot", "resolve_weights",
@@ -102,6 +102,8 @@ def resolve_weights(value: str | Path, *, stage: str, expect: Expect = "any") ->
     entry = find_entry(text)
     if entry is not None and entry.kind == "file":
         return _resolve_file(text, entry, stage=stage, expect=expect)
+    if entry is not None and entry.kind == "folder":
+        return _resolve_folder(text, entry, stage=stage, expect=expect)
     repo_id, revision = (entry.source, entry.revision) if entry is not None else (text, None)
     if entry is not None or (_HUB_ID.match(text) and not _looks_like_path(text)):
         snapshot = hub_snapshot(repo_id, revision)
@@ -129,6 +131,17 @@ def _resolve_file(value: str, entry: Entry, *, stage: str, expect: Expect) -> Re
         raise WeightsError(f"{stage}: {found} is not the {entry.name} file (expected {check.expected}, its sha256 is "
                            f"{check.sha256}); {_fetch_hint(entry.name)} to replace it")
     return Resolved(value, found, "cache", entry, check)
+
+
+def _resolve_folder(value: str, entry: Entry, *, stage: str, expect: Expect) -> Resolved:
+    if expect == "file":
+        raise WeightsError(f"{stage}: {entry.name} is a folder ({', '.join(entry.files)}); this stage takes a file")
+    missing = missing_files(entry)
+    if missing:
+        raise WeightsError(f"{stage}: {entry.name} lacks {', '.join(missing)} in {entry_folder(entry)}; download"
+                           f" them by hand from {entry.page or entry.source}, then run"
+                           f" `bench weights fetch {entry.name} --from FOLDER`")
+    return Resolved(value, entry_folder(entry), "cache", entry)
 
 
 # -- the build's check --------------------------------------------------------------------------------
