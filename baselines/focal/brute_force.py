@@ -18,7 +18,7 @@ method, with no subsample and so no approximation:
 
 No ``n x n`` matrix is stored: each pass forms ``chunk`` rows at a time. The labels equal
 :func:`~dolos_baselines.focal.clustering.hdbscan_dense`'s (and so the package's) up to ties
-between equal float32 distances; ``tests/test_focal_clustering.py`` checks that on CPU, where the
+between equal float32 distances; ``tests/test_focal_brute_force.py`` checks that on CPU, where the
 same code runs, only slower (each pass costs about what the core-distance pass costs).
 """
 
