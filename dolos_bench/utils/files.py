@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 
 def _umask() -> int:
@@ -88,16 +88,23 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(folder: str | os.PathLike[str]) -> str:
-    """One digest for a folder: its sorted relative paths, each with its file's sha256."""
+def sha256_tree(folder: str | os.PathLike[str], file_digest: Callable[[Path], str] | None = None) -> str:
+    """One digest for a folder: its sorted relative paths, each with its file's sha256.
+
+    ``file_digest`` gives each file's sha256 (default: :func:`sha256_file`, reading it); a caller
+    that remembers digests passes its own, and the folder's digest is the same either way.
+    """
     root = Path(folder)
+    digest_of = file_digest or sha256_file
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(root).as_posix()}\0{sha256_file(file)}\n".encode())
+        digest.update(f"{file.relative_to(root).as_posix()}\0{digest_of(file)}\n".encode())
     return digest.hexdigest()
 
 
-def sha256_path(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, or :func:`sha256_tree` of a folder."""
+def sha256_path(path: str | os.PathLike[str], file_digest: Callable[[Path], str] | None = None) -> str:
+    """sha256 of a file, or :func:`sha256_tree` of a folder (``file_digest`` as there)."""
     p = Path(path)
-    return sha256_tree(p) if p.is_dir() else sha256_file(p)
+    if p.is_dir():
+        return sha256_tree(p, file_digest)
+    return (file_digest or sha256_file)(p)

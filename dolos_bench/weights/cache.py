@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..utils.files import atomic_write_json
+from ..utils.files import atomic_write_json, sha256_path
 from .catalogue import Entry
 
 __all__ = ["CACHE_ENV", "Check", "cache_dir", "check_file", "entry_folder", "entry_path", "file_digests", "find_file",
@@ -113,13 +113,7 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
     read once per machine rather than once per worker and build. A file rewritten in place gets a
     new mtime and is hashed again.
     """
-    root = Path(path)
-    if not root.is_dir():
-        return file_digests(root, remember=True)[0]
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(root).as_posix()}\0{file_digests(file, remember=True)[0]}\n".encode())
-    return digest.hexdigest()
+    return sha256_path(path, lambda file: file_digests(file, remember=True)[0])
 
 
 @dataclass(frozen=True)
