@@ -110,3 +110,41 @@ class Generator(Stage, ABC):
         self, images: list[np.ndarray], masks: list[np.ndarray], rngs: list[np.random.Generator]
     ) -> list[np.ndarray]:
         return [self.inpaint(i, m, r) for i, m, r in zip(images, masks, rngs)]
+
+
+class LearnedGenerator(Generator):
+    """A generator backed by networks: loaded once per worker and device, run a batch at a time.
+
+    The shape every learned generator shares, kept here once: :meth:`setup` calls :meth:`load`
+    only when the device changes (a worker may set a stage up twice; loading weights twice
+    would cost seconds and memory), :meth:`ensure_loaded` lets a direct call -- a test, a
+    notebook, a :meth:`inpaint` outside a build -- load on the CPU first, and :meth:`inpaint` is
+    a batch of one, so the single-image and batched paths can never disagree.
+    Subclasses implement :meth:`load` and :meth:`inpaint_batch`.
+    """
+
+    loaded_on: str | None = None
+    """The device the networks were loaded for (None: not loaded yet)."""
+
+    def setup(self, device: str) -> None:
+        if self.loaded_on == device:
+            return
+        self.load(device)
+        self.loaded_on = device
+
+    @abstractmethod
+    def load(self, device: str) -> None:
+        """Build or read the networks for ``device``; a missing or wrong model is one ``WeightsError`` line."""
+
+    def ensure_loaded(self) -> None:
+        """Load on the CPU unless :meth:`setup` already loaded for some device."""
+        self.setup(self.loaded_on or "cpu")
+
+    def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.inpaint_batch([image], [mask], [rng])[0]
+
+    @abstractmethod
+    def inpaint_batch(
+        self, images: list[np.ndarray], masks: list[np.ndarray], rngs: list[np.random.Generator]
+    ) -> list[np.ndarray]:
+        """One network run over the batch; output ``b`` depends only on image, mask and rng ``b``."""

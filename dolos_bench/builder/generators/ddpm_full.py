@@ -32,7 +32,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from dolos_bench.builder.base import Generator
+from dolos_bench.builder.base import LearnedGenerator
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
 
@@ -43,7 +43,7 @@ WHERE = ("a diffusers folder or hub id: a UNet2DModel (+ scheduler) such as goog
          " CompVis/ldm-celebahq-256")
 
 
-class DDPMFullGenerator(Generator):
+class DDPMFullGenerator(LearnedGenerator):
     """Unconditional samples of a pixel or latent diffusion model: fully generated fakes (mask all forged)."""
 
     name: ClassVar[str] = "ddpm-full"
@@ -75,13 +75,10 @@ class DDPMFullGenerator(Generator):
     def __init__(self, model: str, kind: str = "auto", sampler: str = "auto", steps: int | None = None,
                  eta: float = 0.0, precision: str = "auto") -> None:
         self.configure(model=model, kind=kind, sampler=sampler, steps=steps, eta=eta, precision=precision)
-        self._device_name: str | None = None
 
     # -- loading ------------------------------------------------------------------------------------
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         """Load the UNet, the autoencoder (latent models) and the scheduler once, before any sample."""
-        if self._device_name == device:
-            return
         import diffusers
 
         from .latent_common import load_autoencoder
@@ -111,7 +108,6 @@ class DDPMFullGenerator(Generator):
         size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
         self.latent_size: tuple[int, int] = size  # type: ignore[assignment]
         self.weights = weights_identity(self.model)
-        self._device_name = device
 
     def _scheduler(self, diffusers: Any, location: str, unet_folder: str | None) -> Any:
         cls = diffusers.DDIMScheduler if self.resolved_sampler == "ddim" else diffusers.DDPMScheduler
@@ -157,9 +153,6 @@ class DDPMFullGenerator(Generator):
         return h * factor, w * factor
 
     # -- sampling -----------------------------------------------------------------------------------
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.inpaint_batch([image], [mask], [rng])[0]
-
     def inpaint_batch(self, images: list[np.ndarray], masks: list[np.ndarray],
                       rngs: list[np.random.Generator]) -> list[np.ndarray]:
         """One sample per rng, at the model's size, resized to each input image's size where it differs."""
@@ -169,8 +162,7 @@ class DDPMFullGenerator(Generator):
 
         if not images:
             return []
-        if self._device_name is None:
-            self.setup("cpu")
+        self.ensure_loaded()
         gens = torch_generators(rngs)
         sched = self.scheduler
         with torch.inference_mode():

@@ -39,7 +39,7 @@ from typing import Annotated, Any, ClassVar, Iterator, Literal
 
 import numpy as np
 
-from dolos_bench.builder.base import Generator, SkipSample
+from dolos_bench.builder.base import LearnedGenerator, SkipSample
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
 from dolos_bench.weights import resolve_weights
@@ -67,7 +67,7 @@ def prompt_for(template: str, part_prompts: dict[str, str], parts: list[str] | N
     return template.replace("{parts}", ", ".join(unique) if unique else NO_PARTS)
 
 
-class DiffusersInpaintGenerator(Generator):
+class DiffusersInpaintGenerator(LearnedGenerator):
     """A diffusers inpainting pipeline (SD 2, SDXL, FLUX Fill) with per-part prompts."""
 
     name: ClassVar[str] = "diffusers-inpaint"
@@ -115,13 +115,10 @@ class DiffusersInpaintGenerator(Generator):
                        negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength,
                        paste_back=paste_back, work_size=work_size, pad_multiple=pad_multiple, precision=precision)
         self.preserves_unmasked = self.paste_back  # type: ignore[misc]  # the instance states its own claim
-        self._device_name: str | None = None
 
     # -- loading ------------------------------------------------------------------------------------
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         """Load the pipeline once per worker; a missing or wrong model is one WeightsError line."""
-        if self._device_name == device:
-            return
         import torch
 
         from .torch_common import choose_device, load_pretrained, weights_identity
@@ -152,7 +149,6 @@ class DiffusersInpaintGenerator(Generator):
         if resolved.revision:
             self.weights["revision"] = resolved.revision
         self._torch = torch
-        self._device_name = device
 
     def identity(self) -> dict[str, Any]:
         import diffusers
@@ -176,7 +172,7 @@ class DiffusersInpaintGenerator(Generator):
                       parts: list[list[str]] | None = None) -> list[np.ndarray]:
         from .torch_common import torch_generators
 
-        self.setup(self._device_name or "cpu")
+        self.ensure_loaded()
         gens = torch_generators(rngs)  # drawn in order, one per sample, before any grouping
         parts = parts or [[] for _ in images]
         if self.device.type == "cpu":

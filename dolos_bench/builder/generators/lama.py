@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 
-from dolos_bench.builder.base import Generator, SkipSample
+from dolos_bench.builder.base import LearnedGenerator, SkipSample
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
 from dolos_bench.weights import resolve_weights
@@ -44,7 +44,7 @@ def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(array, pad, mode="symmetric") if any(p[1] for p in pad[:2]) else array
 
 
-class LamaGenerator(Generator):
+class LamaGenerator(LearnedGenerator):
     """Big-LaMa (TorchScript big-lama.pt), pasted back outside the mask."""
 
     name: ClassVar[str] = "lama"
@@ -67,12 +67,9 @@ class LamaGenerator(Generator):
 
     def __init__(self, weights: str = "big-lama", pad_multiple: int = 8) -> None:
         self.configure(weights=weights, pad_multiple=pad_multiple)
-        self._device_name: str | None = None
 
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         """Load the TorchScript file once per worker; a missing or wrong file is one WeightsError line."""
-        if self._device_name == device:
-            return
         import torch
 
         from .torch_common import choose_device
@@ -91,17 +88,13 @@ class LamaGenerator(Generator):
                                f" expected {WHERE}") from None
         self.model = model.eval()
         self.sha256 = resolved.check.sha256 if resolved.check is not None else file_digests(resolved.path)[0]
-        self._device_name = device
 
     def identity(self) -> dict[str, Any]:
         return {"weights": self.weights, "sha256": getattr(self, "sha256", None), "pad_multiple": self.pad_multiple}
 
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.inpaint_batch([image], [mask], [rng])[0]
-
     def inpaint_batch(self, images: list[np.ndarray], masks: list[np.ndarray],
                       rngs: list[np.random.Generator]) -> list[np.ndarray]:
-        self.setup(self._device_name or "cpu")
+        self.ensure_loaded()
         if self.device.type == "cpu":
             groups = [[i] for i in range(len(images))]
         else:  # one model call per padded size

@@ -38,7 +38,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 import numpy as np
 
-from dolos_bench.builder.base import Generator
+from dolos_bench.builder.base import LearnedGenerator
 from dolos_bench.config import Strict
 from dolos_bench.utils.numbers import number
 from dolos_bench.weights.formats import COMPVIS_DDIM
@@ -75,7 +75,7 @@ def set_attention_heads(unet: Any, heads: int) -> None:
             module.scale = (inner // heads) ** -0.5
 
 
-class LDMInpaintGenerator(Generator):
+class LDMInpaintGenerator(LearnedGenerator):
     """CompVis latent-diffusion inpainting (VQ-f4 + 7-channel UNet), DDIM over diffusers models."""
 
     name: ClassVar[str] = "ldm-inpaint"
@@ -104,7 +104,6 @@ class LDMInpaintGenerator(Generator):
     def __init__(self, model: str, steps: int = 50, eta: float = 0.0, paste_back: bool = True,
                  precision: str = "auto") -> None:
         self.configure(model=model, steps=steps, eta=eta, paste_back=paste_back, precision=precision)
-        self._device_name: str | None = None
 
     @classmethod
     def unmasked_note(cls, params: Mapping[str, Any]) -> str | None:
@@ -114,10 +113,8 @@ class LDMInpaintGenerator(Generator):
                 " VQ autoencoder (paste_back: false), so they carry its reconstruction error")
 
     # -- loading ------------------------------------------------------------------------------------
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         """Load autoencoder, UNet and schedule once; a missing or wrong folder is one WeightsError line."""
-        if self._device_name == device:
-            return
         from diffusers import DDIMScheduler, UNet2DModel
 
         from .latent_common import load_autoencoder, unet_factor
@@ -147,7 +144,6 @@ class LDMInpaintGenerator(Generator):
             self.schedule_from = "default (the CompVis inpainting model's)"
         self.multiple = self.vae.factor * unet_factor(self.unet)
         self.weights = weights_identity(self.model)
-        self._device_name = device
 
     def identity(self) -> dict[str, Any]:
         from .torch_common import runtime_identity
@@ -162,9 +158,6 @@ class LDMInpaintGenerator(Generator):
         }
 
     # -- inpainting ---------------------------------------------------------------------------------
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.inpaint_batch([image], [mask], [rng])[0]
-
     def inpaint_batch(self, images: list[np.ndarray], masks: list[np.ndarray],
                       rngs: list[np.random.Generator]) -> list[np.ndarray]:
         """One DDIM run over the batch; sample ``b``'s noise comes from ``rngs[b]`` alone."""
@@ -178,8 +171,7 @@ class LDMInpaintGenerator(Generator):
 
         if not images:
             return []
-        if self._device_name is None:
-            self.setup("cpu")
+        self.ensure_loaded()
         check_inputs(self.name, images, masks, 1)
         height, width = images[0].shape[:2]
         gens = torch_generators(rngs)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from dolos_bench.builder.base import Generator
+from dolos_bench.builder.base import LearnedGenerator
 from dolos_bench.config import Strict
 
 __all__ = ["PluralisticInpainter"]
@@ -34,7 +34,7 @@ _FILES = {"encoder": "latest_net_E.pth", "generator": "latest_net_G.pth"}
 _MULTIPLE = 32
 
 
-class PluralisticInpainter(Generator):
+class PluralisticInpainter(LearnedGenerator):
     """Pluralistic image completion from the authors' released E/G checkpoints."""
 
     name: ClassVar[str] = "pluralistic"
@@ -56,12 +56,9 @@ class PluralisticInpainter(Generator):
 
     def __init__(self, weights: str, precision: str = "fp32") -> None:
         self.configure(weights=weights, precision=precision)
-        self._device_name: str | None = None
 
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         """Build both networks and load the checkpoints (once per worker and device)."""
-        if self._device_name == device:
-            return
         import torch
 
         from .pluralistic_net import PluralisticEncoder, PluralisticGenerator
@@ -85,16 +82,12 @@ class PluralisticInpainter(Generator):
             net.to(self.device, self.dtype).eval()
         self.encoder, self.generator = nets["encoder"], nets["generator"]
         self._weights = weights_identity(self.weights)
-        self._device_name = device
 
     def identity(self) -> dict[str, Any]:
         identity: dict[str, Any] = {"weights": self.weights, "precision": self.precision}
-        if self._device_name is not None:
+        if self.loaded_on is not None:
             identity.update(weights_sha256=self._weights["sha256"], device=self.device.type)
         return identity
-
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.inpaint_batch([image], [mask], [rng])[0]
 
     def inpaint_batch(self, images: list[np.ndarray], masks: list[np.ndarray],
                       rngs: list[np.random.Generator]) -> list[np.ndarray]:
@@ -104,8 +97,7 @@ class PluralisticInpainter(Generator):
         from .pluralistic_net import scale_down
         from .torch_common import images_to_tensor, masks_to_tensor, paste_back, per_sample_randn, tensor_to_images
 
-        if self._device_name is None:
-            self.setup("cpu")
+        self.ensure_loaded()
         gens = [torch.Generator(device="cpu").manual_seed(int(rng.integers(0, 2**63 - 1))) for rng in rngs]
         height, width = images[0].shape[:2]
         pad_h, pad_w = -height % _MULTIPLE, -width % _MULTIPLE

@@ -39,7 +39,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 
-from dolos_bench.builder.base import Generator
+from dolos_bench.builder.base import LearnedGenerator
 from dolos_bench.config import Strict
 from dolos_bench.errors import UserError
 from dolos_bench.utils.numbers import number
@@ -51,7 +51,7 @@ WHERE = ("a diffusers UNet2DModel folder (config.json + weights), a pipeline fol
          " OpenAI guided-diffusion / P2-weighting checkpoint")
 
 
-class RePaintGenerator(Generator):
+class RePaintGenerator(LearnedGenerator):
     """RePaint over any pixel-space diffusers UNet2DModel (DDPM, ADM/P2 with learned variance)."""
 
     name: ClassVar[str] = "repaint"
@@ -89,13 +89,10 @@ class RePaintGenerator(Generator):
                  jump_n_sample: int = 10, eta: float = 1.0, variance: str = "auto", precision: str = "auto") -> None:
         self.configure(model=model, subfolder=subfolder, steps=steps, jump_length=jump_length,
                        jump_n_sample=jump_n_sample, eta=eta, variance=variance, precision=precision)
-        self._device_name: str | None = None
 
     # -- loading ------------------------------------------------------------------------------------
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         """Load the UNet and the schedule once; a missing or wrong model is one WeightsError line."""
-        if self._device_name == device:
-            return
         from diffusers import RePaintScheduler, UNet2DModel
 
         from .torch_common import choose_device, load_model, resolve_location, weights_identity
@@ -119,7 +116,6 @@ class RePaintGenerator(Generator):
         self.scheduler, self.schedule_from = _scheduler(RePaintScheduler, location, subfolder)
         self.weights = weights_identity(self.model)
         self.down = 2 ** sum(1 for _ in cfg.down_block_types[1:])  # the UNet's size divisor
-        self._device_name = device
 
     def identity(self) -> dict[str, Any]:
         from .torch_common import runtime_identity
@@ -136,9 +132,6 @@ class RePaintGenerator(Generator):
         }
 
     # -- inpainting ---------------------------------------------------------------------------------
-    def inpaint(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.inpaint_batch([image], [mask], [rng])[0]
-
     def inpaint_batch(self, images: list[np.ndarray], masks: list[np.ndarray],
                       rngs: list[np.random.Generator]) -> list[np.ndarray]:
         """One RePaint run over the batch; sample ``b``'s noise comes from ``rngs[b]`` alone."""
@@ -149,8 +142,7 @@ class RePaintGenerator(Generator):
 
         if not images:
             return []
-        if self._device_name is None:
-            self.setup("cpu")
+        self.ensure_loaded()
         check_inputs(self.name, images, masks, self.down)
         gens = torch_generators(rngs)
         with torch.inference_mode():

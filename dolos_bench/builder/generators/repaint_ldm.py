@@ -66,7 +66,6 @@ class RePaintLDMGenerator(RePaintGenerator):
         self.configure(model=model, subfolder=subfolder, steps=steps, jump_length=jump_length,
                        jump_n_sample=jump_n_sample, eta=eta, variance=variance, precision=precision,
                        variant=variant, mask_coverage=mask_coverage)
-        self._device_name: str | None = None
 
     @classmethod
     def unmasked_note(cls, params: Mapping[str, Any]) -> str | None:
@@ -77,10 +76,8 @@ class RePaintLDMGenerator(RePaintGenerator):
                 " as in the Dolos data), so they carry its reconstruction error")
 
     # -- loading ------------------------------------------------------------------------------------
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         """Load autoencoder, UNet and schedule once; a missing or wrong folder is one WeightsError line."""
-        if self._device_name == device:
-            return
         from diffusers import RePaintScheduler, UNet2DModel
 
         from .latent_common import load_autoencoder, unet_factor
@@ -111,7 +108,6 @@ class RePaintLDMGenerator(RePaintGenerator):
             self.schedule_from = f"{self.model}/scheduler"
         self.multiple = self.vae.factor * unet_factor(unet)
         self.weights = weights_identity(self.model)
-        self._device_name = device
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "variant": self.variant, "mask_coverage": self.mask_coverage,
@@ -130,8 +126,7 @@ class RePaintLDMGenerator(RePaintGenerator):
 
         if not images:
             return []
-        if self._device_name is None:
-            self.setup("cpu")
+        self.ensure_loaded()
         check_inputs(self.name, images, masks, 1)
         height, width = images[0].shape[:2]
         gens = torch_generators(rngs)

@@ -3,18 +3,19 @@ noise, loading a model with one clear error, and the weights' identity.
 
 A learned generator follows one shape (see ``repaint.py``, the first of them)::
 
-    class MyGenerator(Generator):
+    class MyGenerator(LearnedGenerator):  # builder/base.py: setup() loads once per device, inpaint() = a batch of one
         requires = ("torch", "diffusers"); extra = "diffusion"
         weight_params = {"model": "folder"}  # the build checks it before any sample
         class Config(Strict):
             model: str                      # a folder, catalogue name or cached hub id
             precision: Precision = "auto"
-        def setup(self, device):            # once per worker, before any sample
+        def load(self, device):             # once per worker and device, before any sample
             self.device, self.dtype = choose_device(device, self.precision, self.name)
             self.unet = load_model(UNet2DModel, self.model, self.device, self.dtype, generator=self.name,
                                    hint="a diffusers UNet2DModel folder")  # dtype set at load, never cast
             self.weights = weights_identity(self.model)       # {"model": ..., "sha256": ...}
         def inpaint_batch(self, images, masks, rngs):
+            self.ensure_loaded()            # a direct call outside a build loads on the CPU
             gens = torch_generators(rngs)   # one torch.Generator per sample, from its numpy rng
             x = per_sample_randn(gens, (3, H, W), self.device)  # noise of sample b from gens[b] only
             eps = run_network(self.unet, self.dtype, x, t)       # per sample on the CPU, batched on CUDA
