@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
@@ -225,7 +224,8 @@ def train_and_eval(dataset: Path, tmp_path: Path, name: str, supervision: str, s
 # 64x64-128x128 (4-8 cells a side) nearly every cell is a border cell, so the map is one central
 # blob whatever the forgery: IoU 0.43-0.85 over seeds, steps and shapes (docs/baselines/gradcam.md).
 # At 256x256 (16x16 cells) the middle is flat, and forgeries placed there -- discs of radius 64 px,
-# as face parts are -- are found: IoU 0.875 / 0.843 / 0.898 (seeds 0, 1, 2) in 40 steps (0.826 at 224x224).
+# away from the border, where face parts lie -- are found: IoU 0.875 / 0.843 / 0.898 (seeds 0, 1, 2)
+# in 40 steps (0.826 at 224x224).
 SETUPS = {  # (name, supervision): (dataset fixture, input size, batch, steps, IoU bar)
     ("gradcam", "full"): ("dataset", SIZE, 15, 8, 0.8), ("attention", "full"): ("dataset", SIZE, 15, 8, 0.8),
     ("gradcam", "weak"): ("dataset_discs_256", 256, 10, 40, 0.8), ("attention", "weak"): ("dataset_160", 160, 15, 12, 0.8),
