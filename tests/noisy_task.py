@@ -24,6 +24,7 @@ __all__ = ["DISC_CENTRES", "DISC_RADIUS", "disc", "halves", "import_synthetic", 
 
 
 def halves(index: int, size: int = 64) -> np.ndarray:
+    """The top, bottom, left or right half (``index`` 0-3) of a ``size`` x ``size`` image."""
     mask = np.zeros((size, size), bool)
     half = size // 2
     [mask[:half], mask[half:], mask[:, :half], mask[:, half:]][index][...] = True

@@ -163,7 +163,7 @@ def test_weak_overfit_reaches_pixel_iou_above_0_8_through_bench_eval(tmp_path: P
     out = tmp_path / "run"
     result = runner.invoke(main, ["train", PF, "--data", str(data), "--recipe", str(recipe), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "config.json").read_text())["task"]["supervision"] == "weak"  # no mask was read
+    assert json.loads((out / "config.json").read_text())["task"]["supervision"] == "weak"  # image labels only
     res = tmp_path / "eval.json"
     result = runner.invoke(main, ["eval", PF, "--weights", str(out), "--data", str(data), "--split", "test",
                                   "--out", str(res), "--quiet", "--bootstrap", "0"])
