@@ -12,7 +12,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -172,9 +173,21 @@ def attribute_overrides(problems: list[tuple[str, str]], applied: list[Override]
     return out
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
+def _model_of(annotation: Any, value: Any = None) -> type[BaseModel] | None:
+    """The model an annotation validates ``value`` as: itself, or the member of a tagged union
+    (``Annotated[A | B, Field(discriminator=...)]``) whose ``Literal`` fields ``value`` matches."""
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
         return annotation
+    if get_origin(annotation) is Annotated:
+        return _model_of(get_args(annotation)[0], value)
+    if get_origin(annotation) in (Union, UnionType) and isinstance(value, dict):
+        for member in get_args(annotation):
+            model = _model_of(member)
+            if model is None:
+                continue
+            tags = {k: get_args(f.annotation) for k, f in model.model_fields.items() if get_origin(f.annotation) is Literal}
+            if tags and all(k in value and value[k] in allowed for k, allowed in tags.items()):
+                return model
     return None
 
 
@@ -193,15 +206,21 @@ def unknown_keys(data: Any, model: type[BaseModel], path: str) -> list[tuple[str
                 problems.append((where, f"unknown key.{hint}"))
             continue
         annotation = fields[key].annotation
-        sub = _model_of(annotation)
+        sub = _model_of(annotation, value)
         if sub is not None:
             problems += unknown_keys(value, sub, where)
-        elif getattr(annotation, "__origin__", None) is list and isinstance(value, list):
-            item = _model_of(annotation.__args__[0])
-            if item is not None:
-                for i, element in enumerate(value):
+        elif get_origin(annotation) is list and isinstance(value, list):
+            for i, element in enumerate(value):
+                item = _model_of(get_args(annotation)[0], element)
+                if item is not None:
                     problems += unknown_keys(element, item, f"{where}.{i}")
     return problems
+
+
+def _same_place(where: str, loc: str) -> bool:
+    """Whether ``unknown_keys``' path ``where`` names pydantic's ``loc`` (which adds union tags)."""
+    wanted, parts = where.split("."), iter(loc.split("."))
+    return wanted[-1] == loc.split(".")[-1] and all(part in parts for part in wanted)
 
 
 def validate_collecting(model: type[M], data: dict[str, Any]) -> tuple[M | None, list[tuple[str, str]]]:
@@ -214,9 +233,12 @@ def validate_collecting(model: type[M], data: dict[str, Any]) -> tuple[M | None,
     try:
         return model.model_validate(data), problems
     except ValidationError as exc:
+        reported = {where for where, _ in problems}
         for err in exc.errors():
-            if err["type"] == "extra_forbidden":
-                continue  # reported by unknown_keys, with a suggestion
             loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                if not any(_same_place(where, loc) for where in reported):
+                    problems.append((loc, "unknown key"))  # one unknown_keys could not reach: still said
+                continue  # otherwise reported by unknown_keys, with a suggestion
             problems.append((loc, err["msg"].removeprefix("Value error, ")))
         return None, problems

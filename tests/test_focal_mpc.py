@@ -281,6 +281,12 @@ def test_recipes_hold_the_papers_values(name: str, task_cls: Any, size: int) -> 
     config = task_config(task_cls, recipe)
     assert recipe.input_size == size and recipe.batch_size == 4 and recipe.supervision == "full"
     assert recipe.optim.lr == 1e-4 and config.tau == 0.1
+    # FOCAL's albumentations geometry (MPC reuses it): RandomScale(-0.5, 0) + REFLECT_101 pad, then OneOf of
+    # the four flips/turns, each at 0.75 within a pipeline applied at 0.75; no extra horizontal flip
+    scale, dihedral = recipe.data.geometric
+    assert (scale.op, scale.factor, scale.pad, scale.p) == ("scale", (0.5, 1.0), "reflect", 0.56)
+    assert (dihedral.op, sorted(dihedral.choices), dihedral.p) == ("dihedral", ["hflip", "rot90", "transpose", "vflip"], 0.56)
+    assert recipe.data.hflip == 0.0 and [s.op for s in recipe.data.augment] == ["jpeg", "blur", "noise"]
     if task_cls is FocalTask:
         assert recipe.optim.name == "adam" and config.samples == 1000
     else:

@@ -8,7 +8,8 @@ its pixels), which keeps a CelebA-HQ-sized split in a few GB.
 Order: the training stream is an endless sequence of passes over the rows, each pass a permutation
 drawn from ``rng_for(seed, "train-order", pass)``; step ``s`` takes stream positions
 ``[s * batch, (s + 1) * batch)``, and each sample's augmentation draws from
-``rng_for(seed, "augment", position)``. So the batch of every step is a pure function of
+``rng_for(seed, "augment", position)`` (the flip), ``"augment-geometric"`` (``data.geometric``)
+and ``"augment-ops"`` (``data.augment``). So the batch of every step is a pure function of
 ``(seed, step)``: resuming at step ``k`` sees exactly the batches an uninterrupted run sees, with
 any number of DataLoader workers or processes.
 """
@@ -27,6 +28,7 @@ from ..data.images import load_rgb
 from ..data.reader import Split, open_split
 from ..errors import UserError
 from ..seeding import rng_for
+from .geometry import apply_geometric
 
 if TYPE_CHECKING:
     import torch
@@ -193,13 +195,14 @@ class StreamDataset:
 
     def __init__(self, rows: TrainRows, *, size: int, mean: Sequence[float], std: Sequence[float],
                  seed: int, resize: str = "bilinear", hflip: float = 0.0, train: bool = True,
-                 augment: Sequence[Any] = ()) -> None:
+                 augment: Sequence[Any] = (), geometric: Sequence[Any] = ()) -> None:
         self.rows, self.size, self.seed, self.train = rows, int(size), int(seed), train
         self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
         self.filter = _FILTERS[resize]
         self.hflip = float(hflip)
         self.augment = list(augment)
+        self.geometric = list(geometric)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -228,6 +231,8 @@ class StreamDataset:
         if self.train and self.hflip > 0 and rng_for(self.seed, "augment", int(position)).random() < self.hflip:
             image = image[:, ::-1]
             mask = None if mask is None else mask[:, ::-1]
+        if self.train and self.geometric:
+            image, mask = apply_geometric(image, mask, self.geometric, rng_for(self.seed, "augment-geometric", int(position)))
         if self.train and self.augment:
             image = augment_image(np.ascontiguousarray(image), self.augment, rng_for(self.seed, "augment-ops", int(position)))
         pixels = (np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0) - self.mean) / self.std

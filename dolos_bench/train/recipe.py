@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..config import ConfigError, Strict, apply_collecting, attribute_overrides, read_yaml, validate_collecting
 from ..metric_specs import spec_for
+from .geometry import GeometricStep
 
 __all__ = ["TrainRecipe", "TrainRecipeError", "load_train_recipe", "validate_train_recipe", "LOSS_METRIC"]
 
@@ -40,7 +41,9 @@ class AugmentStep(Strict):
 
     A parameter given as ``[lo, hi]`` is drawn per sample, uniformly (an integer when both ends
     are integers): ``{op: jpeg, p: 0.5, params: {quality: [50, 95]}}``. Geometric perturbations
-    (``resize``) are refused: they would change the input size and the mask's grid.
+    (``resize``) are refused: they would change the input size and the mask's grid; flips, turns
+    and scale-and-pad, which move the mask with the image, are ``data.geometric``'s
+    (:mod:`dolos_bench.train.geometry`).
     """
 
     op: str
@@ -61,7 +64,8 @@ class AugmentStep(Strict):
             raise ValueError(f"augment {self.op}: {str(exc).splitlines()[0]}") from exc
         if getattr(made[0], "geometric", False):
             raise ValueError(f"augment takes photometric perturbations only (jpeg, webp, blur, noise), not {self.op!r}:"
-                             " it would change the input size and the mask's grid")
+                             " it would change the input size and the mask's grid (data.geometric moves image and mask"
+                             " together: dihedral, scale)")
         return self
 
 
@@ -77,8 +81,11 @@ class DataSection(Strict):
     resize: Literal["bilinear", "bicubic", "lanczos", "nearest"] = Field(
         "bilinear", description="PIL filter to the input size; bilinear is what `bench eval` feeds the model")
     hflip: float = Field(0.0, ge=0.0, le=1.0, description="probability of a horizontal flip (image and mask)")
+    geometric: list[Annotated[GeometricStep, Field(discriminator="op")]] = Field(
+        default_factory=list, description="geometric augmentations of image and mask together, after resize and"
+                                          " hflip, in order: dihedral, scale (dolos_bench.train.geometry)")
     augment: list[AugmentStep] = Field(
-        default_factory=list, description="photometric augmentations after resize and flip, in order (AugmentStep)")
+        default_factory=list, description="photometric augmentations after the geometric ones, in order (AugmentStep)")
     limit: int | None = Field(None, ge=1, description="use only the first N training rows (after include)")
     generators: list[str] | None = Field(
         None, description="only the fakes of these generators (reals are kept), in training and validation:"
@@ -182,8 +189,9 @@ class TrainRecipe(Strict):
         # sections at their defaults hash as before they existed, so earlier runs still resume
         if data["schedule"] == ScheduleSection().model_dump(mode="json"):
             del data["schedule"]
-        if not data["data"]["augment"]:
-            del data["data"]["augment"]
+        for optional in ("augment", "geometric"):
+            if not data["data"][optional]:
+                del data["data"][optional]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:

@@ -317,7 +317,8 @@ def fit(
     logs = _Logs(out, start_step, state.get("csv_bytes"), enabled=main)
 
     dataset = StreamDataset(rows, size=size, mean=task.mean, std=task.std, seed=recipe.seed,
-                            resize=recipe.data.resize, hflip=recipe.data.hflip, augment=recipe.data.augment)
+                            resize=recipe.data.resize, hflip=recipe.data.hflip, augment=recipe.data.augment,
+                            geometric=recipe.data.geometric)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepSampler(start_step, total, recipe.batch_size, rank, world),
         num_workers=recipe.data.workers, collate_fn=collate)
