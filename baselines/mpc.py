@@ -27,7 +27,9 @@ the head learns on are the ones it is scored on. Stage 2 starts from a stage-1 r
 
 ``model.stage: both`` runs stage 1 for ``stage1_steps`` steps and then stage 2 in the same run,
 counting its own training steps in a buffer saved with the weights (so a resumed run switches at
-the same step); the head's learning rate is ``stage2_lr`` (default: the recipe's).
+the same step); the head's learning rate is ``stage2_lr`` (default: the recipe's). Each stage can
+have its own lr schedule: a ``schedule.phases`` entry with ``from_step: stage1_steps`` (checked by
+:meth:`MPCTask.recipe_problems`).
 
 Scores: after stage 2, the sigmoid of the head at H/4. A stage-1 run is scored as MPC validates
 stage 1: cosine k-means (k = 2) of the concatenated projected features, smaller cluster forged
@@ -126,6 +128,20 @@ class MPCTask(TrainTask):
 
     def build_model(self) -> Any:
         return build_mpc(self.config)
+
+    @classmethod
+    def recipe_problems(cls, config: MPCConfig, recipe: dict[str, Any]) -> list[tuple[str, str]]:
+        """``stage: both`` with schedule phases: one of them must start where stage 2 does."""
+        schedule = recipe.get("schedule")
+        phases = schedule.get("phases") if isinstance(schedule, dict) else None
+        if config.stage != "both" or not isinstance(phases, list) or not phases:
+            return []
+        starts = [p.get("from_step") for p in phases if isinstance(p, dict)]
+        if config.stage1_steps in starts:
+            return []
+        return [("schedule.phases", f"mpc stage: both switches to stage 2 at model.stage1_steps = {config.stage1_steps},"
+                                    f" but the schedule's phases start at {starts}: start stage 2's schedule there"
+                                    f" (a phase with from_step: {config.stage1_steps}), or give no phases")]
 
     def stage_of(self, model: Any) -> int:
         """The stage the model is in: the config's, or for ``both`` the one its step count says."""

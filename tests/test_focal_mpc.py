@@ -245,6 +245,28 @@ def test_mpc_two_stages_overfit_a_handful_of_images(dataset: Path, tmp_path: Pat
     assert all(m.shape == (32, 32) for m in stage1_maps)
 
 
+def test_mpc_both_switches_stage_and_schedule_at_the_same_step(dataset: Path, tmp_path: Path) -> None:
+    """stage: both with a schedule phase at stage1_steps: the lrs go back to their starts as stage 2 begins."""
+    from safetensors.torch import load_file
+
+    recipe = tmp_path / "both.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "both", "supervision": "full", "input_size": 64, "batch_size": 2, "epochs": 3, "iterations_per_epoch": 2,
+        "model": {"arch": "tiny", "dim": 8, "samples": 200, "stage": "both", "stage1_steps": 3, "stage2_lr": 1e-2},
+        "optim": {"name": "adam", "lr": 3e-3}, "log_every": 1,
+        "schedule": {"name": "cosine", "phases": [{"from_step": 3, "name": "cosine"}]},
+        "data": {"validation_split": None, "include": "fakes"}}))
+    out = tmp_path / "runs" / "both"
+    result = CliRunner().invoke(main, ["train", MPC, "--data", str(dataset), "--recipe", str(recipe), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    lr = [float(v) for _, kind, name, v in rows if kind == "train" and name == "lr"]
+    # each phase: cosine over its own ceil(3 / 2) = 2 epochs, annealed after each 2 of its steps
+    assert lr == pytest.approx([3e-3, 3e-3, 1.5e-3, 3e-3, 3e-3, 1.5e-3])
+    weights = load_file(str(out / "model.safetensors"))
+    assert int(weights["steps_done"]) == 6
+
+
 def test_both_are_registered_in_pyproject() -> None:
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'focal = "dolos_baselines.focal.localizer:FocalLocalizer"' in text
@@ -294,3 +316,18 @@ def test_recipes_hold_the_papers_values(name: str, task_cls: Any, size: int) -> 
         assert (config.alpha, config.gamma) == (0.5, 2.0)
         if config.stage == 2:
             assert recipe.pretrained == f"runs/mpc-stage1-{size}"
+        if config.stage == "both":  # each stage on its own schedule, as in MPC's two runs
+            (phase,) = recipe.schedule.phases
+            assert (recipe.schedule.name, recipe.schedule.patience, recipe.schedule.min_lr) == ("plateau", 3, 1e-8)
+            assert (phase.from_step, phase.name, phase.period, phase.min_lr) == (config.stage1_steps, "cosine", 20, 1e-8)
+
+
+def test_mpc_both_refuses_schedule_phases_that_miss_the_stage_switch() -> None:
+    from dolos_bench.train.recipe import TrainRecipeError, validate_train_recipe
+
+    base = {"name": "x", "supervision": "full", "epochs": 4, "iterations_per_epoch": 5,
+            "model": {"arch": "tiny", "stage": "both", "stage1_steps": 10}}
+    with pytest.raises(TrainRecipeError, match="switches to stage 2 at model.stage1_steps = 10"):
+        validate_train_recipe(base | {"schedule": {"phases": [{"from_step": 12, "name": "cosine"}]}}, task_cls=MPCTask)
+    for fine in ({"phases": [{"from_step": 10, "name": "cosine"}]}, {"name": "cosine"}):
+        validate_train_recipe(base | {"schedule": fine}, task_cls=MPCTask)

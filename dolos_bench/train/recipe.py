@@ -102,7 +102,23 @@ class OptimSection(Strict):
     weight_decay: float = Field(0.0, ge=0)
 
 
-class ScheduleSection(Strict):
+class LrScheduleFields(Strict):
+    """One learning-rate schedule: the fields a whole run's ``schedule`` and each of its phases share."""
+
+    name: Literal["constant", "plateau", "cosine"] = "constant"
+    factor: float = Field(0.5, gt=0, lt=1, description="plateau: the lr's multiplier on a plateau")
+    patience: int = Field(3, ge=0, description="plateau: validations without improvement before it drops")
+    min_lr: float = Field(0.0, ge=0, description="plateau: the lr's floor; cosine: eta_min")
+    period: int | None = Field(None, ge=1, description="cosine: T_max in epochs (default: the epochs of its phase)")
+
+
+class SchedulePhase(LrScheduleFields):
+    """A later phase of a run's schedule: from ``from_step`` steps done on, this schedule, afresh."""
+
+    from_step: int = Field(..., ge=1, description="steps done when this phase starts")
+
+
+class ScheduleSection(LrScheduleFields):
     """How the learning rate changes over a run (every param group alike, relative to its own lr).
 
     ``constant`` (Dolos, Patch-Forensics); ``plateau``: multiply by ``factor`` after ``patience``
@@ -110,13 +126,21 @@ class ScheduleSection(Strict):
     stage 1: ``ReduceLROnPlateau(mode='max', factor=0.5, patience=3, min_lr=1e-8)``); ``cosine``:
     cosine annealing from the lr to ``min_lr`` over ``period`` epochs, stepped once per epoch, then
     back up as torch's ``CosineAnnealingLR`` does (MPC stage 2: ``T_max=20``, ``eta_min=1e-8``).
+
+    ``phases`` switch to another schedule part-way, as a two-stage run needs (MPC ``stage: both``:
+    plateau for stage 1, then cosine from ``stage1_steps``): at each phase's ``from_step`` every
+    param group's lr goes back to its own starting value and the phase's schedule starts from its
+    beginning (see :mod:`dolos_bench.train.schedule`).
     """
 
-    name: Literal["constant", "plateau", "cosine"] = "constant"
-    factor: float = Field(0.5, gt=0, lt=1, description="plateau: the lr's multiplier on a plateau")
-    patience: int = Field(3, ge=0, description="plateau: validations without improvement before it drops")
-    min_lr: float = Field(0.0, ge=0, description="plateau: the lr's floor; cosine: eta_min")
-    period: int | None = Field(None, ge=1, description="cosine: T_max in epochs (default: the run's epochs)")
+    phases: list[SchedulePhase] = Field(default_factory=list, description="later schedules, by the step they start at")
+
+    @model_validator(mode="after")
+    def _phases_in_order(self) -> "ScheduleSection":
+        starts = [p.from_step for p in self.phases]
+        if starts != sorted(set(starts)):
+            raise ValueError(f"schedule.phases: from_step must increase from phase to phase, got {starts}")
+        return self
 
 
 class ValidationSection(Strict):
@@ -180,14 +204,22 @@ class TrainRecipe(Strict):
 
     @model_validator(mode="after")
     def _plateau_needs_validation(self) -> "TrainRecipe":
-        if self.schedule.name == "plateau" and self.data.validation_split is None:
+        names = [self.schedule.name] + [p.name for p in self.schedule.phases]
+        if "plateau" in names and self.data.validation_split is None:
             raise ValueError("schedule: plateau steps on the validation metric: set data.validation_split")
+        planned = self.epochs * self.iterations_per_epoch  # not max_steps: a short trial run may stop early
+        late = [p.from_step for p in self.schedule.phases if p.from_step >= planned]
+        if late:
+            raise ValueError(f"schedule.phases: a phase from step {late[0]} would never run: the run has"
+                             f" {planned} steps (epochs x iterations_per_epoch)")
         return self
 
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
         # sections at their defaults hash as before they existed, so earlier runs still resume
-        if data["schedule"] == ScheduleSection().model_dump(mode="json"):
+        if not data["schedule"]["phases"]:
+            del data["schedule"]["phases"]
+        if data["schedule"] == LrScheduleFields().model_dump(mode="json"):
             del data["schedule"]
         for optional in ("augment", "geometric"):
             if not data["data"][optional]:
@@ -211,8 +243,10 @@ def _task_problems(task_cls: Any, data: dict[str, Any]) -> list[tuple[str, str]]
         section = {}
     if not isinstance(section, dict):
         return problems + [("model", "must be a mapping of the model's parameters")]
-    _, found = validate_collecting(task_cls.Config, section)
+    config, found = validate_collecting(task_cls.Config, section)
     problems += [(f"model.{path}" if path else "model", message) for path, message in found]
+    if config is not None and hasattr(task_cls, "recipe_problems"):
+        problems += task_cls.recipe_problems(config, data)
     return problems
 
 

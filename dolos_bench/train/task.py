@@ -99,6 +99,12 @@ class TrainTask(ABC):
         """
         return f"{self.name} has no pretrained weights; training starts from scratch"
 
+    @classmethod
+    def recipe_problems(cls, config: BaseModel, recipe: dict[str, Any]) -> list[tuple[str, str]]:
+        """Optional hook: ``(path, message)`` problems between a valid ``model:`` ``config`` and the rest
+        of the raw ``recipe`` mapping (a stage switch the schedule does not follow, say). Default: none."""
+        return []
+
     def identity(self) -> dict[str, Any]:
         """What the run's ``config.json`` records about the task."""
         return {"name": self.name, "supervision": self.supervision, "config": self.config.model_dump(mode="json")}

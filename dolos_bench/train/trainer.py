@@ -33,6 +33,7 @@ from ..utils.versions import package_versions
 from .data import StreamDataset, collate, load_rows, stream_positions
 from .recipe import LOSS_METRIC, TrainRecipe
 from .run import BEST, LAST, METRICS_CSV, TENSORBOARD, WEIGHTS, RunFolder, run_key
+from .schedule import LrSchedule
 from .task import Batch, TrainTask
 
 if TYPE_CHECKING:
@@ -115,31 +116,15 @@ def _precision(recipe: TrainRecipe, device: str) -> str:
     return "bf16" if device.startswith("cuda") else "no"
 
 
-def _make_scheduler(recipe: TrainRecipe, optimizer: Any) -> Any:
-    """The recipe's lr schedule on ``optimizer`` (None for a constant lr); see ``ScheduleSection``."""
-    import torch
-
-    sched = recipe.schedule
-    if sched.name == "plateau":
-        mode = "max" if recipe.validation.higher_is_better else "min"
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=sched.factor,
-                                                          patience=sched.patience, min_lr=sched.min_lr)
-    if sched.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=sched.period or recipe.epochs,
-                                                          eta_min=sched.min_lr)
-    return None
-
-
-def _step_on_plateau(scheduler: Any, value: float | None, world: int) -> None:
-    """Step ``ReduceLROnPlateau`` with the main process's validation value, the same on every process."""
+def _step_on_plateau(schedule: LrSchedule, value: float | None, world: int) -> None:
+    """Step a plateau phase with the main process's validation value, the same on every process."""
     if world > 1:
         from accelerate.utils import broadcast_object_list
 
         box = [value]
         broadcast_object_list(box)
         value = box[0]
-    if value is not None:
-        scheduler.step(value)
+    schedule.on_validation(value)
 
 
 def _make_optimizer(recipe: TrainRecipe, params: Any) -> "torch.optim.Optimizer":
@@ -289,9 +274,9 @@ def fit(
         note(pretrained_note)
     optimizer = _make_optimizer(recipe, task.parameters(model))
     model, optimizer = acc.prepare(model, optimizer)
-    scheduler = _make_scheduler(recipe, optimizer)
-    if scheduler is not None:
-        acc.register_for_checkpointing(scheduler)  # saved and restored with the resume checkpoint
+    schedule = LrSchedule(recipe, optimizer)
+    if schedule.checkpoint_object() is not None:
+        acc.register_for_checkpointing(schedule.checkpoint_object())  # saved and restored with the resume checkpoint
 
     state: dict[str, Any] = {"step": 0, "best": None, "csv_bytes": None, "pretrained_note": pretrained_note}
     if resuming:
@@ -379,10 +364,9 @@ def fit(
                             state["best"] = {"step": step, "metric": recipe.validation.metric, "value": value}
                             _save_weights(acc.unwrap_model(model), out / BEST)
                     acc.wait_for_everyone()
-                    if recipe.schedule.name == "plateau":
-                        _step_on_plateau(scheduler, last_val.get(recipe.validation.metric) if main else None, world)
-                if recipe.schedule.name == "cosine" and step % recipe.iterations_per_epoch == 0:
-                    scheduler.step()
+                    if schedule.current.name == "plateau":
+                        _step_on_plateau(schedule, last_val.get(recipe.validation.metric) if main else None, world)
+                schedule.after_step(step)
                 if progress is not None and main:
                     progress(step, total, {**numbers, **{f"val {k}": v for k, v in last_val.items()}})
                 stopping = interrupted["set"] or (stop_after is not None and step >= stop_after)
