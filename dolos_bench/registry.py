@@ -322,6 +322,11 @@ _BUILTINS: dict[str, list[tuple[str, str, str]]] = {
         ("blur", "dolos_bench.perturbations:GaussianBlur", "Gaussian blur with a sigma in pixels"),
         ("noise", "dolos_bench.perturbations:GaussianNoise", "Additive Gaussian noise, sigma in 0..255 units"),
         ("resize", "dolos_bench.perturbations:Resize", "Rescale by a factor (moves the mask too)"),
+        ("median", "dolos_bench.perturbations:MedianBlur", "Median filter over an odd size x size window"),
+        ("motion-blur", "dolos_bench.perturbations:MotionBlur", "Blur along a line of a length at an angle"),
+        ("gamma", "dolos_bench.perturbations:Gamma", "Gamma curve 255 (x/255)^gamma"),
+        ("brightness-contrast", "dolos_bench.perturbations:BrightnessContrast",
+         "Contrast about mid-grey, then a brightness shift"),
     ],
     "localizers": [],
 }

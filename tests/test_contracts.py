@@ -56,6 +56,10 @@ PARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("perturbation", "blur"): {"sigma": 1.5},
     ("perturbation", "noise"): {"sigma": 5.0},
     ("perturbation", "resize"): {"scale": 0.5},
+    ("perturbation", "median"): {"size": 5},
+    ("perturbation", "motion-blur"): {"length": 7, "angle": 30.0},
+    ("perturbation", "gamma"): {"gamma": 0.7},
+    ("perturbation", "brightness-contrast"): {"brightness": 12.0, "contrast": 1.3},
     ("localizer", "focal"): {"arch": "tiny"},  # untrained HRNet-W32 works too, 10x slower on a CPU
     ("localizer", "mpc"): {"arch": "tiny", "dim": 16},
 }
@@ -244,7 +248,7 @@ def _masker_images() -> Iterator[np.ndarray]:
     [
         (GENERATORS, {"telea", "ns"}),
         (MASKERS, {"strokes", "boxes", "landmarks", "face-parser", "celebamask-hq"}),
-        (PERTURBATIONS, {"jpeg", "webp", "blur", "noise", "resize"}),
+        (PERTURBATIONS, {"jpeg", "webp", "blur", "noise", "resize", "median", "motion-blur", "gamma", "brightness-contrast"}),
         (LOCALIZERS, {"ela", "noise"}),
     ],
     ids=lambda value: getattr(value, "kind", None) or "",

@@ -308,7 +308,8 @@ def test_recipes_hold_the_papers_values(name: str, task_cls: Any, size: int) -> 
     scale, dihedral = recipe.data.geometric
     assert (scale.op, scale.factor, scale.pad, scale.p) == ("scale", (0.5, 1.0), "reflect", 0.56)
     assert (dihedral.op, sorted(dihedral.choices), dihedral.p) == ("dihedral", ["hflip", "rot90", "transpose", "vflip"], 0.56)
-    assert recipe.data.hflip == 0.0 and [s.op for s in recipe.data.augment] == ["jpeg", "blur", "noise"]
+    assert recipe.data.hflip == 0.0 and [s.op for s in recipe.data.augment] == [
+        "jpeg", "blur", "median", "motion-blur", "noise", "brightness-contrast", "gamma"]
     if task_cls is FocalTask:
         assert recipe.optim.name == "adam" and config.samples == 1000
     else:

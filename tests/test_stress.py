@@ -160,7 +160,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_suite_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(SuiteError, match="cannot read suite.*Built-in suites: default"):
+    with pytest.raises(SuiteError, match="cannot read suite.*Built-in suites: default, photometric"):
         load_suite(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(SuiteError, match="not valid YAML"):
@@ -376,3 +376,13 @@ def test_a_failing_perturbation_names_the_sample_and_chain(tmp_path: Path, datas
         _stress(dataset, out, plots=None)
     assert not out.exists()
     assert [p.name for p in (tmp_path / ".f.json.stress").iterdir()] == ["0000.json"]  # the clean pass is kept
+
+
+def test_photometric_suite_loads_and_covers_the_new_perturbations() -> None:
+    suite, path = load_suite("photometric")
+    assert path.name == "photometric.yaml"
+    grid = expand(suite)
+    names = {step["name"] for p in grid for step in p.chain.identity()}
+    assert names == {"median", "motion-blur", "gamma", "brightness-contrast"}
+    assert [p.severity for p in grid if p.perturbation == "median"] == [3, 5, 7, 9]
+    assert len(grid) == sum(len(p.severities or p.levels) for p in suite.perturbations)

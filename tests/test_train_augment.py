@@ -31,9 +31,20 @@ def test_bad_steps_are_refused_with_their_reason() -> None:
     for step, words in [({"op": "sharpen"}, "sharpen"), ({"op": "resize", "params": {"scale": 0.5}}, "photometric"),
                         ({"op": "jpeg", "params": {"quality": [95, 50]}}, "lo <= hi"),
                         ({"op": "jpeg", "params": {"quality": [50, 101]}}, "jpeg"),
-                        ({"op": "blur", "p": 1.5}, "less than or equal to 1")]:
+                        ({"op": "blur", "p": 1.5}, "less than or equal to 1"),
+                        ({"op": "median", "params": {"size": [3, 7]}}, "odd"),  # 4 and 6 would be drawn
+                        ({"op": "motion-blur", "params": {"length": [2, 7]}}, "3..255")]:
         with pytest.raises(TrainRecipeError, match=words):
             recipe(data={"augment": [step]})
+
+
+def test_the_new_photometric_ops_augment_too() -> None:
+    steps = [AugmentStep.model_validate(s) for s in [
+        {"op": "median", "params": {"size": 5}}, {"op": "motion-blur", "params": {"length": [3, 7], "angle": [0.0, 180.0]}},
+        {"op": "gamma", "params": {"gamma": [0.8, 1.2]}},
+        {"op": "brightness-contrast", "params": {"brightness": [-51.0, 51.0], "contrast": [0.8, 1.2]}}]]
+    outs = {augment_image(image(), steps, rng_for(0, "augment-ops", p)).tobytes() for p in range(6)}
+    assert len(outs) == 6 and image().tobytes() not in outs
 
 
 def test_no_augment_hashes_as_before() -> None:

@@ -478,7 +478,7 @@ def eval_command(config: ScoringConfig, out: str | None, quiet: bool) -> None:
 @main.command(short_help="Score a localizer under perturbations x severities.")
 @click.argument("model")
 @click.option("--suite", default="default", show_default=True,
-              help="Suite YAML (e.g. recipes/stress/default.yaml) or a built-in suite name.")
+              help="Suite YAML (e.g. recipes/stress/default.yaml) or a built-in suite name: default, photometric.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Results JSON; the curves go beside it as <stem>.curves.<metric>.png/.svg.")
 @_scoring_options

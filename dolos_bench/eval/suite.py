@@ -35,7 +35,7 @@ from dolos_bench.config import ConfigError, Strict, validate_collecting
 from dolos_bench.metric_specs import higher_is_better, metric_names, primary_metric
 from dolos_bench.registry import did_you_mean
 
-BUILTIN_SUITES = ("default",)
+BUILTIN_SUITES = ("default", "photometric")
 """Suites shipped with the package; ``--suite default`` finds them without a path."""
 
 SEVERITY_PLACEHOLDER = "{severity}"

@@ -35,12 +35,19 @@ class TrainRecipeError(ConfigError):
         super().__init__(problems, origin)
 
 
+def _integer_range(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
 class AugmentStep(Strict):
     """One photometric augmentation of a training image: a perturbation of ``bench build`` / ``bench
-    stress`` (``jpeg``, ``webp``, ``blur``, ``noise``), applied with probability ``p``.
+    stress`` (``jpeg``, ``webp``, ``blur``, ``noise``, ``median``, ``motion-blur``, ``gamma``,
+    ``brightness-contrast``), applied with probability ``p``.
 
     A parameter given as ``[lo, hi]`` is drawn per sample, uniformly (an integer when both ends
-    are integers): ``{op: jpeg, p: 0.5, params: {quality: [50, 95]}}``. Geometric perturbations
+    are integers; every integer in the range must be a valid value): ``{op: jpeg, p: 0.5, params:
+    {quality: [50, 95]}}``. Geometric perturbations
     (``resize``) are refused: they would change the input size and the mask's grid; flips, turns
     and scale-and-pad, which move the mask with the image, are ``data.geometric``'s
     (:mod:`dolos_bench.train.geometry`).
@@ -58,12 +65,19 @@ class AugmentStep(Strict):
             if isinstance(value, (list, tuple)) and (len(value) != 2 or value[0] > value[1]):
                 raise ValueError(f"augment {self.op}: {key}={value!r}: a range is [lo, hi] with lo <= hi")
         ends = [{k: (v[i] if isinstance(v, (list, tuple)) else v) for k, v in self.params.items()} for i in (0, 1)]
+        # an integer range is drawn value by value, so every value in it must be valid (median sizes
+        # must be odd: [3, 7] would fail mid-run on a 4); a float range is checked at its ends
+        tries = list(ends)
+        for key, value in self.params.items():
+            if _integer_range(value) and value[1] - value[0] <= 1024:
+                tries += [{**ends[0], key: v} for v in range(value[0], value[1] + 1)]
         try:
-            made = [parse_perturbation({"name": self.op, **end}) for end in ends]
+            made = [parse_perturbation({"name": self.op, **params}) for params in tries]
         except Exception as exc:  # an unknown op or a bad value: one line, with the perturbation's own words
             raise ValueError(f"augment {self.op}: {str(exc).splitlines()[0]}") from exc
         if getattr(made[0], "geometric", False):
-            raise ValueError(f"augment takes photometric perturbations only (jpeg, webp, blur, noise), not {self.op!r}:"
+            raise ValueError(f"augment takes photometric perturbations only (jpeg, webp, blur, noise, median, motion-blur,"
+                             f" gamma, brightness-contrast), not {self.op!r}:"
                              " it would change the input size and the mask's grid (data.geometric moves image and mask"
                              " together: dihedral, scale)")
         return self
