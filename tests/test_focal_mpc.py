@@ -263,6 +263,8 @@ def test_mpc_both_switches_stage_and_schedule_at_the_same_step(dataset: Path, tm
     lr = [float(v) for _, kind, name, v in rows if kind == "train" and name == "lr"]
     # each phase: cosine over its own ceil(3 / 2) = 2 epochs, annealed after each 2 of its steps
     assert lr == pytest.approx([3e-3, 3e-3, 1.5e-3, 3e-3, 3e-3, 1.5e-3])
+    head = [float(v) for _, kind, name, v in rows if kind == "train" and name == "lr/group1"]
+    assert head == pytest.approx([1e-2, 1e-2, 5e-3, 1e-2, 1e-2, 5e-3])  # stage2_lr, on the same two schedules
     weights = load_file(str(out / "model.safetensors"))
     assert int(weights["steps_done"]) == 6
 

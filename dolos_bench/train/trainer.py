@@ -351,7 +351,8 @@ def fit(
                 numbers = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
                 if step % recipe.log_every == 0 or step == total:
                     rate = seen / max(time.perf_counter() - loop_started, 1e-9)
-                    logs.log(step, "train", {**numbers, "lr": optimizer.param_groups[0]["lr"], "images_per_s": rate})
+                    lrs = {("lr" if i == 0 else f"lr/group{i}"): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+                    logs.log(step, "train", {**numbers, **lrs, "images_per_s": rate})  # every group's: stages differ
                 if val_rows is not None and (step % recipe.validate_every == 0 or step == total):
                     if main:
                         last_val = validate(step)
