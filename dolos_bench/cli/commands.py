@@ -94,14 +94,17 @@ def ls_command(kind: str | None) -> None:
     ``[unavailable: needs dlib: pip install 'dolos-bench[faces]']``. With KIND, each entry also
     shows the parameters it takes, as a recipe (or --model-arg) writes them: ``radius: int = 3``.
     """
-    indent = " " * _LS_INDENT
-    for k in [kind] if kind is not None else sorted(REGISTRIES):
+    kinds = [kind] if kind is not None else sorted(REGISTRIES)
+    width = max([_LS_NAME_WIDTH] + [len(n) for k in kinds for n in REGISTRIES[k].names()])
+    indent = " " * (_LS_KIND_WIDTH + width + 2)  # parameter lines start under the summary
+    for k in kinds:
         registry = REGISTRIES[k]
         for name in registry.names():
             details = registry.details(name)  # imports the entry: `requires` and parameters live on it
             needs = None if details.error is not None else install_hint(registry.get(name))
             trainable = details.error is None and getattr(registry.get(name), "task", None) is not None
-            click.echo(_ls_line(k, name, details.summary, details.origin, needs) + ("  [trainable: bench train]" if trainable else ""))
+            click.echo(_ls_line(k, name, details.summary, details.origin, needs, width)
+                       + ("  [trainable: bench train]" if trainable else ""))
             if kind is None:
                 continue
             if details.error is not None:
@@ -112,15 +115,16 @@ def ls_command(kind: str | None) -> None:
                 click.echo(f"{indent}{parameter}")
 
 
-_LS_INDENT = 31
-"""Column of the summary in ``bench ls``; parameter lines start there too."""
+_LS_KIND_WIDTH, _LS_NAME_WIDTH = 13, 16
+"""Columns of ``bench ls``: kind, then name (wider when a listed name is longer), then the summary."""
 
 
-def _ls_line(kind: str, name: str, summary: str, origin: str, needs: str | None = None) -> str:
+def _ls_line(kind: str, name: str, summary: str, origin: str, needs: str | None = None,
+             width: int = _LS_NAME_WIDTH) -> str:
     suffix = "" if origin == "builtin" else f"  [{origin}]"
     if needs is not None:
         suffix += f"  [unavailable: {needs}]"
-    return f"{kind[:-1]:<13} {name:<16} {summary or f'(see bench ls {kind})'}{suffix}"
+    return f"{kind[:-1]:<{_LS_KIND_WIDTH}} {name:<{width}} {summary or f'(see bench ls {kind})'}{suffix}"
 
 
 BUILD_EPILOG = """\b
