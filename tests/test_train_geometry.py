@@ -95,6 +95,13 @@ def test_scale_shrinks_then_pads_back_and_the_mask_follows() -> None:
         assert unblended.mean() > 0.8 and np.array_equal(red[unblended] == 255, out_mask[unblended])
 
 
+def test_a_shrink_to_one_pixel_pads_with_zeros_since_one_pixel_cannot_reflect() -> None:
+    image, mask = marked()
+    out, out_mask = apply_geometric(image, mask, [ScaleStep(op="scale", factor=(0.01, 0.01))], rng_for(0, "g", 0))
+    assert out.shape == image.shape and out_mask.shape == mask.shape
+    assert (out.reshape(-1, 3).any(axis=1)).sum() <= 1 and out_mask.sum() <= 1  # one pixel of content, the rest 0
+
+
 def test_draws_depend_only_on_the_generator_and_p_zero_is_the_identity() -> None:
     image, mask = marked()
     steps = [ScaleStep.model_validate(FOCAL_GEOMETRY[0] | {"p": 1.0}), DihedralStep(op="dihedral")]

@@ -29,6 +29,7 @@ from ..data.reader import Split, open_split
 from ..errors import UserError
 from ..seeding import rng_for
 from .geometry import apply_geometric
+from .recipe import is_integer_range
 
 if TYPE_CHECKING:
     import torch
@@ -256,8 +257,7 @@ def augment_image(image: np.ndarray, steps: Sequence[Any], rng: np.random.Genera
         for key, value in step.params.items():
             if isinstance(value, (list, tuple)):
                 lo, hi = value
-                both_int = isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool)
-                params[key] = int(rng.integers(lo, hi + 1)) if both_int else float(rng.uniform(lo, hi))
+                params[key] = int(rng.integers(lo, hi + 1)) if is_integer_range(value) else float(rng.uniform(lo, hi))
             else:
                 params[key] = value
         image, _ = parse_perturbation({"name": step.op, **params}).apply(image, None, rng)

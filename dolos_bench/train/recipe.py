@@ -35,7 +35,8 @@ class TrainRecipeError(ConfigError):
         super().__init__(problems, origin)
 
 
-def _integer_range(value: Any) -> bool:
+def is_integer_range(value: Any) -> bool:
+    """Whether an augment parameter is an ``[lo, hi]`` range of integers (drawn as an integer)."""
     return (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
 
@@ -69,7 +70,7 @@ class AugmentStep(Strict):
         # must be odd: [3, 7] would fail mid-run on a 4); a float range is checked at its ends
         tries = list(ends)
         for key, value in self.params.items():
-            if _integer_range(value) and value[1] - value[0] <= 1024:
+            if is_integer_range(value) and value[1] - value[0] <= 1024:
                 tries += [{**ends[0], key: v} for v in range(value[0], value[1] + 1)]
         try:
             made = [parse_perturbation({"name": self.op, **params}) for params in tries]
